@@ -1,0 +1,9 @@
+"""The one place that owns every geometric convention of hpe_bench (see docs/conventions.md).
+
+Frames, rotation representations, Euler rules, projection and crop intrinsics are defined here and
+nowhere else; other modules call these functions instead of re-deriving them.
+"""
+from .camera import *  # noqa: F401,F403
+from .euler import *  # noqa: F401,F403
+from .rotations import *  # noqa: F401,F403
+from .euler import wrap_degrees  # noqa: F401

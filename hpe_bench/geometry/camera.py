@@ -1,0 +1,158 @@
+"""Camera model, projection, boxes and crops (torch, batched).
+
+Conventions (see docs/conventions.md):
+- Camera frame: OpenCV, x right, y down, z forward (into the scene). Metres.
+- Pose: ``v_cam = R @ v_head + t``.
+- Pixels: OpenCV convention, the centre of pixel (row i, column j) is at ``(x, y) = (j, i)``;
+  an image of width W spans ``x in [-0.5, W - 0.5]``.
+- Pinhole: ``u = fx X / Z + cx``, ``v = fy Y / Z + cy``; ``K = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``.
+- Boxes: ``(x0, y0, x1, y1)`` in pixel coordinates of the same convention.
+- A crop of ``box`` resized to ``(out_w, out_h)`` is the affine map ``x' = (x - x0) out_w / (x1 - x0)``
+  (likewise y); it is a 3x3 matrix ``A`` and the crop's intrinsics are ``A @ K``. Images are warped
+  with that same ``A`` (``crop_images``), so image, landmarks and intrinsics always agree.
+"""
+from __future__ import annotations
+
+
+import kornia.geometry.transform as KT
+import torch
+from torch import Tensor
+
+__all__ = [
+    "transform_points", "project_points", "make_intrinsics", "intrinsics_from_fov", "fallback_intrinsics",
+    "box_from_points", "square_box", "crop_transform", "crop_intrinsics", "apply_transform_2d",
+    "crop_images", "ray_rotation", "depth_relative_points",
+]
+
+
+def transform_points(points: Tensor, R: Tensor, t: Tensor) -> Tensor:
+    """Head-frame points ``(..., N, 3)`` to camera frame with ``R (..., 3, 3)``, ``t (..., 3)``."""
+    return points @ R.transpose(-1, -2) + t.unsqueeze(-2)
+
+
+def project_points(points_cam: Tensor, K: Tensor) -> Tensor:
+    """Pinhole projection of camera-frame points ``(..., N, 3)`` with ``K (..., 3, 3)`` -> pixels ``(..., N, 2)``."""
+    p = points_cam @ K.transpose(-1, -2)
+    return p[..., :2] / p[..., 2:3]
+
+
+def make_intrinsics(fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor) -> Tensor:
+    """``K (..., 3, 3)`` from focal lengths and principal point (pixels), each ``(...,)``."""
+    z, o = torch.zeros_like(fx), torch.ones_like(fx)
+    return torch.stack([fx, z, cx, z, fy, cy, z, z, o], -1).reshape(fx.shape + (3, 3))
+
+
+def intrinsics_from_fov(fov_x_deg: Tensor, width: int, height: int, cx: Tensor | None = None,
+                        cy: Tensor | None = None) -> Tensor:
+    """Square-pixel ``K`` with horizontal field of view ``fov_x_deg (...,)``.
+
+    ``f = (W / 2) / tan(fov / 2)``; the principal point defaults to the image centre ``((W-1)/2, (H-1)/2)``.
+    """
+    fov = torch.as_tensor(fov_x_deg, dtype=torch.float32)
+    f = (width / 2.0) / torch.tan(torch.deg2rad(fov) / 2.0)
+    cx = torch.full_like(f, (width - 1) / 2.0) if cx is None else torch.as_tensor(cx).to(f)
+    cy = torch.full_like(f, (height - 1) / 2.0) if cy is None else torch.as_tensor(cy).to(f)
+    return make_intrinsics(f, f, cx, cy)
+
+
+def fallback_intrinsics(width: int, height: int, dtype=torch.float32) -> Tensor:
+    """Intrinsics for images that come without them: ``f = W + H``, principal point ``(W/2, H/2)``.
+
+    This is the rule the TRG authors use for in-the-wild images; metric translation is then only
+    relative. Datasets that use it mark ``K`` as unavailable for metrics.
+    """
+    f = torch.tensor(float(width + height), dtype=dtype)
+    return make_intrinsics(f, f, torch.tensor(width / 2.0, dtype=dtype), torch.tensor(height / 2.0, dtype=dtype))
+
+
+def box_from_points(points: Tensor) -> Tensor:
+    """Tight box ``(..., 4)`` = (x0, y0, x1, y1) of 2D points ``(..., N, 2)``."""
+    return torch.cat([points.amin(-2), points.amax(-2)], -1)
+
+
+def square_box(box: Tensor, scale: float = 1.0) -> Tensor:
+    """Square box ``(..., 4)`` with the same centre and side ``scale * max(w, h)``."""
+    c = (box[..., :2] + box[..., 2:]) / 2.0
+    half = (box[..., 2:] - box[..., :2]).amax(-1, keepdim=True) * (scale / 2.0)
+    return torch.cat([c - half, c + half], -1)
+
+
+def crop_transform(box: Tensor, out_size: int | tuple[int, int]) -> Tensor:
+    """Affine ``A (..., 3, 3)`` taking full-image pixels to crop pixels for ``box (..., 4)``.
+
+    ``x' = (x - x0) * out_w / (x1 - x0)``, ``y' = (y - y0) * out_h / (y1 - y0)``.
+    """
+    out_w, out_h = (out_size, out_size) if isinstance(out_size, int) else out_size
+    sx = out_w / (box[..., 2] - box[..., 0])
+    sy = out_h / (box[..., 3] - box[..., 1])
+    z, o = torch.zeros_like(sx), torch.ones_like(sx)
+    rows = [sx, z, -box[..., 0] * sx, z, sy, -box[..., 1] * sy, z, z, o]
+    return torch.stack(rows, -1).reshape(box.shape[:-1] + (3, 3))
+
+
+def crop_intrinsics(K: Tensor, box: Tensor, out_size: int | tuple[int, int]) -> Tensor:
+    """Intrinsics ``(..., 3, 3)`` of the crop of ``box`` resized to ``out_size``: ``A @ K``.
+
+    For a square box (l, t, side b) resized to S: ``fx' = fx S/b``, ``cx' = (cx - l) S/b`` (TRG supp.).
+    """
+    return crop_transform(box, out_size) @ K
+
+
+def apply_transform_2d(A: Tensor, points: Tensor) -> Tensor:
+    """Apply a 3x3 affine/homography ``A (..., 3, 3)`` to 2D points ``(..., N, 2)``."""
+    p = points @ A[..., :2, :2].transpose(-1, -2) + A[..., :2, 2].unsqueeze(-2)
+    if torch.equal(A[..., 2, :2], torch.zeros_like(A[..., 2, :2])) and torch.all(A[..., 2, 2] == 1):
+        return p
+    w = points @ A[..., 2, :2].unsqueeze(-1) + A[..., 2, 2].unsqueeze(-1).unsqueeze(-1)
+    return p / w
+
+
+def crop_images(images: Tensor, box: Tensor, out_size: int | tuple[int, int], mode: str = "bilinear",
+                padding_mode: str = "zeros") -> Tensor:
+    """Crop-and-resize ``images (B, C, H, W)`` (float) to ``box (B, 4)`` -> ``(B, C, out_h, out_w)``.
+
+    Uses the exact matrix of ``crop_transform`` (kornia ``warp_affine`` with ``align_corners=True``,
+    whose pixel coordinates follow the OpenCV integer-centre convention), so labels mapped with
+    ``apply_transform_2d(crop_transform(box, S), ...)`` land on the same content.
+    """
+    out_w, out_h = (out_size, out_size) if isinstance(out_size, int) else out_size
+    A = crop_transform(box.to(images.dtype), (out_w, out_h))
+    return KT.warp_affine(images, A[:, :2, :], (out_h, out_w), mode=mode, padding_mode=padding_mode,
+                          align_corners=True)
+
+
+def ray_rotation(K: Tensor, uv: Tensor) -> Tensor:
+    """Minimal rotation ``(..., 3, 3)`` taking the optical axis ``(0, 0, 1)`` onto the ray through pixel ``uv``.
+
+    Used for perspective correction of crop-relative orientations: an object seen at the centre of an
+    off-axis crop with orientation ``R_local`` (relative to the crop's viewing ray) has camera-frame
+    orientation ``ray_rotation(K, uv) @ R_local``. Axis ``z x d``, angle ``acos(d_z)``.
+    """
+    ones = torch.ones_like(uv[..., :1])
+    d = torch.cat([uv, ones], -1).unsqueeze(-1)
+    d = (torch.linalg.inv(K) @ d).squeeze(-1)
+    d = d / d.norm(dim=-1, keepdim=True)
+    axis = torch.stack([-d[..., 1], d[..., 0], torch.zeros_like(d[..., 0])], -1)  # z x d
+    s = axis.norm(dim=-1, keepdim=True)
+    c = d[..., 2:3]
+    k = axis / s.clamp_min(1e-12)
+    kx, ky, kz = k.unbind(-1)
+    zero = torch.zeros_like(kx)
+    Kx = torch.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], -1).reshape(k.shape[:-1] + (3, 3))
+    eye = torch.eye(3, dtype=uv.dtype, device=uv.device).expand_as(Kx)
+    s, c = s.unsqueeze(-1), c.unsqueeze(-1)
+    return eye + s * Kx + (1 - c) * (Kx @ Kx)
+
+
+def depth_relative_points(points_cam: Tensor, K: Tensor, t: Tensor) -> Tensor:
+    """Image-space 3D landmarks ``(..., N, 3)``: projected ``(u, v)`` and depth relative to the head centre
+    in pixel units at the head's distance, ``z_px = (Z - t_z) * fx / t_z`` (positive away from the camera).
+
+    This is the "pt3d" convention of 300W-LP/AFLW2000 and OpNet, extended to perspective cameras.
+    """
+    uv = project_points(points_cam, K)
+    tz = t[..., 2:3]
+    z = (points_cam[..., 2] - tz) * K[..., 0, 0].unsqueeze(-1) / tz
+    return torch.cat([uv, z.unsqueeze(-1)], -1)
+
+
