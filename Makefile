@@ -1,0 +1,42 @@
+# hpe_bench — every command a user needs. `make demo` and `make test` set up .venv first if needed.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# GPU users: make setup TORCH="torch==2.5.1 torchvision==0.20.1 --index-url https://download.pytorch.org/whl/cu124"
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-fast bench table clean-cache help
+
+help:
+	@echo "make demo    - set up if needed, train + test the baseline on the embedded synthetic dataset"
+	@echo "make test    - set up if needed, run the test suite"
+	@echo "make bench   - benchmarks (synthetic generation speed, ...)"
+	@echo "make setup   - create $(VENV) (TORCH=... picks the torch build)"
+
+setup: $(STAMP)
+
+# Idempotent: the stamp depends on pyproject.toml, so changed dependencies reinstall.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev,deploy]"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m hpe_bench experiment=demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: setup
+	$(PY) benchmarks/bench_synthetic.py
+
+clean-cache:
+	rm -rf .cache/hpe_bench

@@ -1,0 +1,153 @@
+"""The one LightningModule: crop -> network -> loss, with metrics, per-sample predictions and a mean-pose
+reference. Models and losses are plain ``nn.Module``s built from config; nothing here is model-specific.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from functools import partial
+from typing import Any, Callable, Mapping
+
+import lightning as L
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from . import geometry as G
+from .metrics import build_metrics, compute_flat, per_sample_errors
+from .outputs import prediction_columns
+
+log = logging.getLogger(__name__)
+
+
+class HeadPoseModule(L.LightningModule):
+    """Args:
+        net: ``forward(inputs) -> pred`` with ``pred["R"] (B, 3, 3)`` and optionally ``t (B, 3)``,
+            ``landmarks_2d (B, 68, 2)`` (full-image pixels), ``vertices (B, N, 3)`` (head frame, metres).
+        crop: ``CropInput`` turning a batch into network inputs.
+        loss: ``forward(pred, batch) -> {"loss": total, term: value, ...}``.
+        optimizer: partial ``torch.optim`` constructor taking the parameters.
+        scheduler: optional partial LR scheduler constructor taking the optimizer; a ``total_steps``
+            argument, if it has one, is filled from the trainer.
+        augment: optional on-device augmentation ``forward(batch) -> batch`` applied in training.
+        euler_rule: per-axis reporting rule (set by the run from the data protocol when None).
+    """
+
+    def __init__(self, net: nn.Module, crop: nn.Module, loss: nn.Module | None = None,
+                 optimizer: Callable | None = None, scheduler: Callable | None = None,
+                 augment: nn.Module | None = None, euler_rule: str | None = None):
+        super().__init__()
+        self.net, self.crop, self.loss_fn, self.augment = net, crop, loss, augment
+        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3)
+        self.scheduler_factory = scheduler
+        self.euler_rule = G.check_rule(euler_rule or "trg")
+        self._build_metrics()
+        # Running sums of training labels: the constant "mean pose" predictor every table is compared to.
+        self.register_buffer("mean_R_sum", torch.zeros(3, 3, dtype=torch.float64))
+        self.register_buffer("mean_t_sum", torch.zeros(3, dtype=torch.float64))
+        self.register_buffer("mean_counts", torch.zeros(2, dtype=torch.float64))
+        self.test_rows: list[dict[str, list]] = []
+        self.test_results: dict[str, Any] | None = None
+        self.test_frame: pd.DataFrame | None = None
+
+    def _build_metrics(self) -> None:
+        self.val_metrics = build_metrics(self.euler_rule)
+        self.test_metrics = build_metrics(self.euler_rule)
+        self.mean_pose_metrics = build_metrics(self.euler_rule)
+
+    def set_euler_rule(self, rule: str) -> None:
+        self.euler_rule = G.check_rule(rule)
+        self._build_metrics()
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return self.net(self.crop(batch))
+
+    # -- training --------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.augment is not None:
+            batch = self.augment(batch)
+        pred = self(batch)
+        terms = self.loss_fn(pred, batch)
+        B = len(batch["sample_id"])
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=B, prog_bar=False)
+        self.log("train/loss_total", terms["loss"].detach(), batch_size=B, prog_bar=True)
+        self._accumulate_mean_pose(batch)
+        return terms["loss"]
+
+    @torch.no_grad()
+    def _accumulate_mean_pose(self, batch: Mapping[str, Any]) -> None:
+        hR, ht = batch["has_R"], batch["has_t"]
+        self.mean_R_sum += batch["R"][hR].double().sum(0)
+        self.mean_t_sum += batch["t"][ht].double().sum(0)
+        self.mean_counts += torch.stack([hR.sum(), ht.sum()]).double()
+
+    def _mean_pose(self) -> tuple[Tensor | None, Tensor | None]:
+        sums = torch.cat([self.mean_R_sum.flatten(), self.mean_t_sum, self.mean_counts])
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        R_sum, t_sum, n = sums[:9].view(3, 3), sums[9:12], sums[12:]
+        R = G.project_to_so3((R_sum / n[0]).unsqueeze(0))[0].float() if n[0] > 0 else None
+        t = (t_sum / n[1]).float() if n[1] > 0 else None
+        return R, t
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_metrics.update(self(batch), batch)
+
+    def on_validation_epoch_end(self) -> None:
+        values = compute_flat(self.val_metrics)
+        self.val_metrics.reset()
+        logged = {f"val/{k}": float(v) for k, v in values.items()
+                  if not k.startswith("count") and v == v}  # skip NaN (metric without labels)
+        if logged:
+            self.log_dict(logged, sync_dist=False)  # metrics already reduced across processes
+
+    def on_test_epoch_start(self) -> None:
+        self.test_rows = []
+        self._test_mean_pose = self._mean_pose()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        pred = self(batch)
+        self.test_metrics.update(pred, batch)
+        errors = per_sample_errors(pred, batch, self.euler_rule)
+        self.test_rows.append(prediction_columns(pred, batch, errors))
+        R_mean, t_mean = self._test_mean_pose
+        if R_mean is not None:
+            B = batch["image"].shape[0]
+            const = {"R": R_mean.to(self.device).expand(B, 3, 3)}
+            if t_mean is not None:
+                const["t"] = t_mean.to(self.device).expand(B, 3)
+            self.mean_pose_metrics.update(const, batch)
+
+    def on_test_epoch_end(self) -> None:
+        metrics = compute_flat(self.test_metrics)
+        mean_pose = compute_flat(self.mean_pose_metrics) if self._test_mean_pose[0] is not None else {}
+        self.test_metrics.reset()
+        self.mean_pose_metrics.reset()
+        rows = self.test_rows
+        if self.trainer is not None and self.trainer.world_size > 1:
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        frames = [pd.DataFrame(r) for r in rows]
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if len(frame):
+            frame = frame.sort_values("sample_id", kind="stable").reset_index(drop=True)
+        metrics["num_samples"] = int(len(frame))
+        self.test_results = {"metrics": metrics, "mean_pose": mean_pose}
+        self.test_frame = frame
+        self.test_rows = []
+
+    # -- optimisation ----------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        target = getattr(self.scheduler_factory, "func", self.scheduler_factory)
+        if "total_steps" in inspect.signature(target).parameters:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

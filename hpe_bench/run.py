@@ -1,0 +1,100 @@
+"""Fit then test one configuration; write the run outputs (docs/outputs.md). Called by ``__main__``."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .outputs import check_writable, run_info, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+TABLE_KEYS = ("geodesic_deg", "mae_r_deg", "yaw_deg", "pitch_deg", "roll_deg", "tx_mm", "ty_mm", "tz_mm",
+              "mae_t_mm", "add_mm", "nme2d", "dense_mean_mm", "face_size_mm2")
+
+
+def output_dir() -> Path:
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # not under @hydra.main (e.g. called from a notebook)
+        return Path.cwd()
+
+
+def group_choices() -> dict[str, Any]:
+    try:
+        choices = HydraConfig.get().runtime.choices
+        return {k: v for k, v in choices.items() if not k.startswith("hydra")}
+    except ValueError:
+        return {}
+
+
+def build_list(cfg: DictConfig | None) -> list:
+    """Instantiate every ``_target_`` entry of a name -> config mapping (loggers, callbacks)."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def metrics_record(cfg: DictConfig, results: dict[str, Any], euler_rule: str) -> dict[str, Any]:
+    """metrics.json: aggregate metrics (defined ones only) + what produced them."""
+    metrics = {k: v for k, v in results["metrics"].items() if not (isinstance(v, float) and math.isnan(v))}
+    choices = group_choices()
+    record: dict[str, Any] = dict(metrics)
+    record.update({
+        "euler_convention": euler_rule,
+        "experiment": cfg.get("experiment_name"),
+        "seed": cfg.seed,
+        "model": choices.get("model"), "data": choices.get("data"), "loss": choices.get("loss"),
+        "mean_pose": {k: v for k, v in results["mean_pose"].items() if not (isinstance(v, float) and math.isnan(v))},
+        "config": {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "loss") if k in cfg},
+    })
+    return record
+
+
+def format_table(record: dict[str, Any]) -> str:
+    mp = record.get("mean_pose", {})
+    lines = [f"{'metric':<16}{'model':>12}{'mean pose':>12}", "-" * 40]
+    for k in TABLE_KEYS:
+        if k in record:
+            ref = f"{mp[k]:>12.3f}" if k in mp else f"{'':>12}"
+            lines.append(f"{k:<16}{record[k]:>12.3f}{ref}")
+    lines.append(f"{'num_samples':<16}{record.get('num_samples', 0):>12d}")
+    lines.append(f"Euler rule: {record['euler_convention']}")
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> float | None:
+    out = check_writable(output_dir())
+    L.seed_everything(cfg.seed, workers=True)
+    write_json(out / "run_info.json", run_info(cfg.seed, {
+        "experiment": cfg.get("experiment_name"), "choices": group_choices(), "output_dir": str(out),
+        "config": OmegaConf.to_container(cfg, resolve=True)}))
+
+    datamodule = instantiate(cfg.data)
+    euler_rule = cfg.get("euler_rule") or datamodule.euler_rule
+    module = instantiate(cfg.model, loss=instantiate(cfg.loss) if cfg.get("loss") else None, euler_rule=euler_rule)
+    trainer = instantiate(cfg.trainer, logger=build_list(cfg.get("logger")) or False,
+                          callbacks=build_list(cfg.get("callbacks")), default_root_dir=str(out))
+    for lg in trainer.loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if not cfg.get("test", True):
+        return None
+    test_ckpt = None if cfg.get("train", True) else cfg.get("ckpt_path")
+    trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+    results = module.test_results
+    record = metrics_record(cfg, results, euler_rule)
+    if trainer.is_global_zero:
+        write_parquet(out / "predictions.parquet", module.test_frame)
+        write_json(out / "metrics.json", record)
+        log.info("test metrics (%s):\n%s", out, format_table(record))
+        print(format_table(record), flush=True)
+        print(f"outputs: {out}", flush=True)
+    return record.get("geodesic_deg")

@@ -1,0 +1,103 @@
+"""A tiny end-to-end run of `python -m hpe_bench` with overrides, and the run-output contract."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hpe_bench import geometry as G
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "data.train.num_samples=24", "data.val.num_samples=8", "data.test.num_samples=20", "data.train.image_size=128",
+    "data.batch_size=8", "data.num_workers=0", "trainer.max_steps=2", "trainer.accelerator=cpu",
+    "model.net.backbone=resnet10t", "model.crop.size=64", "callbacks.prediction_images.num_images=4",
+]
+
+
+def run_cli(tmp_path: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", HPE_BENCH_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "hpe_bench", *TINY, f"paths.output_dir={tmp_path / 'out'}", *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_dir(tmp_path: Path, name: str = "default") -> Path:
+    dirs = sorted((tmp_path / "out" / "runs" / name).iterdir())
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    proc = run_cli(tmp, "seed=7", "logger=default")
+    return tmp, run_dir(tmp), proc
+
+
+@pytest.mark.slow
+def test_outputs_contract(tiny_run):
+    _, out, proc = tiny_run
+    assert "geodesic_deg" in proc.stdout  # the metric table is printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("geodesic_deg", "mae_r_deg", "yaw_deg", "pitch_deg", "roll_deg", "tx_mm", "ty_mm", "tz_mm",
+                "mae_t_mm", "add_mm", "num_samples", "euler_convention", "model", "data", "loss", "seed",
+                "experiment"):
+        assert key in metrics, key
+    assert metrics["num_samples"] == 20 and metrics["seed"] == 7
+    assert metrics["model"] == "direct_regression" and metrics["data"] == "synthetic"
+    assert metrics["euler_convention"] == "trg"
+    assert "geodesic_deg" in metrics["mean_pose"]
+
+    df = pd.read_parquet(out / "predictions.parquet")
+    assert len(df) == 20 and df["sample_id"].is_unique
+    cols = [f"{p}_R_{i}{j}" for p in ("pred", "gt") for i in range(3) for j in range(3)]
+    cols += [f"{p}_t_{a}" for p in ("pred", "gt") for a in "xyz"]
+    assert set(cols + ["sample_id", "dataset"]) <= set(df.columns)
+    # Any metric can be recomputed from the file alone: the geodesic error, the translation error.
+    Rp = torch.tensor(df[[f"pred_R_{i}{j}" for i in range(3) for j in range(3)]].to_numpy()).view(-1, 3, 3)
+    Rg = torch.tensor(df[[f"gt_R_{i}{j}" for i in range(3) for j in range(3)]].to_numpy()).view(-1, 3, 3)
+    geo = torch.rad2deg(G.geodesic_angle(Rp, Rg)).mean().item()
+    assert geo == pytest.approx(metrics["geodesic_deg"], rel=1e-4, abs=1e-4)
+    tz = (df["pred_t_z"] - df["gt_t_z"]).abs().mean() * 1000
+    assert tz == pytest.approx(metrics["tz_mm"], rel=1e-4)
+
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["seed"] == 7 and "commit" in info["git"] and info["config"]["seed"] == 7
+    assert (out / ".hydra" / "config.yaml").is_file()
+    assert (out / "test_predictions.png").is_file()
+    assert (out / "csv" / "metrics.csv").is_file()
+    assert any((out / "wandb").glob("offline-run-*")), "W&B offline run directory missing"
+    assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+@pytest.mark.slow
+def test_same_seed_same_predictions(tiny_run):
+    tmp, out, _ = tiny_run
+    tmp2 = tmp / "again"
+    run_cli(tmp2, "seed=7", "logger=none")
+    a = pd.read_parquet(out / "predictions.parquet")
+    b = pd.read_parquet(run_dir(tmp2) / "predictions.parquet")
+    np.testing.assert_allclose(a["pred_R_00"], b["pred_R_00"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_unwritable_output_dir_is_reported(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    proc = run_cli(tmp_path, f"hydra.run.dir={blocker}/run", "logger=none", check=False)
+    assert proc.returncode != 0
+    assert str(blocker) in proc.stderr + proc.stdout
+
+
+def test_unknown_option_fails_fast_with_its_name(tmp_path):
+    proc = run_cli(tmp_path, "data=no_such_dataset", check=False)
+    assert proc.returncode != 0
+    assert "no_such_dataset" in proc.stderr and "data" in proc.stderr
