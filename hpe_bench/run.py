@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         write_parquet(out / "predictions.parquet", module.test_frame)
         write_json(out / "metrics.json", record)
-        log.info("test metrics (%s):\n%s", out, format_table(record))
+        log.info("wrote metrics.json and predictions.parquet to %s", out)
         print(format_table(record), flush=True)
         print(f"outputs: {out}", flush=True)
     return record.get("geodesic_deg")
