@@ -46,9 +46,12 @@ def intrinsics_from_fov(fov_x_deg: Tensor, width: int, height: int, cx: Tensor |
                         cy: Tensor | None = None) -> Tensor:
     """Square-pixel ``K`` with horizontal field of view ``fov_x_deg (...,)``.
 
-    ``f = (W / 2) / tan(fov / 2)``; the principal point defaults to the image centre ``((W-1)/2, (H-1)/2)``.
+    ``f = (W / 2) / tan(fov / 2)``; the principal point defaults to the image centre ``((W-1)/2, (H-1)/2)``,
+    so with the defaults the horizontal fov spans the pixel edges: a ray at ``+-fov/2`` lands on
+    ``x = W - 0.5`` / ``x = -0.5``. A floating-point tensor keeps its dtype; anything else becomes float32.
     """
-    fov = torch.as_tensor(fov_x_deg, dtype=torch.float32)
+    fov = torch.as_tensor(fov_x_deg)
+    fov = fov if fov.is_floating_point() else fov.to(torch.float32)
     f = (width / 2.0) / torch.tan(torch.deg2rad(fov) / 2.0)
     cx = torch.full_like(f, (width - 1) / 2.0) if cx is None else torch.as_tensor(cx).to(f)
     cy = torch.full_like(f, (height - 1) / 2.0) if cy is None else torch.as_tensor(cy).to(f)
@@ -81,6 +84,11 @@ def crop_transform(box: Tensor, out_size: int | tuple[int, int]) -> Tensor:
     """Affine ``A (..., 3, 3)`` taking full-image pixels to crop pixels for ``box (..., 4)``.
 
     ``x' = (x - x0) * out_w / (x1 - x0)``, ``y' = (y - y0) * out_h / (y1 - y0)``.
+
+    The box corner ``(x0, y0)`` lands on the *centre* of crop pixel (0, 0) and the box centre on
+    ``(out_w / 2, out_h / 2)``, half a crop pixel right/below the crop's centre ``((out_w-1)/2, (out_h-1)/2)``.
+    This is TRG's rule (``cx' = (cx - l) S / b``); it is harmless because images, points and intrinsics all
+    go through this one matrix. A box ``(0, 0, W, H)`` at output size ``(W, H)`` is the identity.
     """
     out_w, out_h = (out_size, out_size) if isinstance(out_size, int) else out_size
     sx = out_w / (box[..., 2] - box[..., 0])
