@@ -15,6 +15,7 @@ help:
 	@echo "make demo    - set up if needed, train + test the baseline on the embedded synthetic dataset"
 	@echo "make test    - set up if needed, run the test suite"
 	@echo "make bench   - benchmarks (synthetic generation speed, ...)"
+	@echo "make table   - collect outputs/**/metrics.json into outputs/table.md (mean/std over seeds)"
 	@echo "make setup   - create $(VENV) (TORCH=... picks the torch build)"
 
 setup: $(STAMP)
@@ -37,6 +38,9 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/bench_synthetic.py
+
+table: setup
+	$(PY) -m hpe_bench.table outputs --out outputs/table.md
 
 clean-cache:
 	rm -rf .cache/hpe_bench
