@@ -192,3 +192,16 @@ def test_jpeg_helpers_keep_rgb_order():
     assert out[..., 0].mean() > 190 and out[..., 2].mean() < 10
     with pytest.raises(ValueError, match="somefile"):
         h5cache.decode_jpeg(b"garbage", where="somefile")
+
+
+def test_batched_sampling_matches_one_by_one():
+    # generation samples whole chunks at once; every scene and label must equal the one-by-one result
+    scenes, labels = R.sample_scenes(2, "val", 5, 37, 96)
+    assert [s.index for s in scenes] == list(range(5, 37))
+    for j in (0, 7, 31):
+        one = R.sample_scene(2, "val", 5 + j, 96)
+        for k in ("R", "t", "K", "vertices", "v_cam", "uv", "light_dir", "albedo", "hair", "lip_tint"):
+            np.testing.assert_array_equal(getattr(one, k), getattr(scenes[j], k))
+        assert one.render_seed == scenes[j].render_seed
+        for k, v in R.scene_labels(one).items():
+            np.testing.assert_array_equal(v, labels[k][j])

@@ -55,9 +55,8 @@ def cache_path(cache_dir: str | os.PathLike, split: str, num_samples: int, seed:
 
 def sample_chunk(seed: int, split: str, start: int, stop: int, size: int) -> tuple[list, dict[str, np.ndarray]]:
     """Scenes ``start..stop-1`` and their stacked float32 labels ``{name: (m, ...)}`` (the torch half)."""
-    scenes = [_render.sample_scene(seed, split, i, size) for i in range(start, stop)]
-    labels = [_render.scene_labels(s) for s in scenes]
-    return scenes, {k: np.stack([lab[k] for lab in labels]) for k in LABELS}
+    scenes, labels = _render.sample_scenes(seed, split, start, stop, size)  # batched over the chunk
+    return scenes, {k: labels[k] for k in LABELS}
 
 
 def _pool_context() -> mp.context.BaseContext:

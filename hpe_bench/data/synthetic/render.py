@@ -7,17 +7,23 @@ distance, position, intrinsics, lighting, albedo and background. Everything rand
 
 Sampling (``sample_scene``, no pixels) is separate from rendering (``render_scene``) so that the scene
 distribution can be tested cheaply. All projection/rotation maths goes through ``hpe_bench.geometry``.
+Generation samples whole chunks (``sample_scenes``): each scene's random numbers are drawn first from its
+own stream (``_draws``), then identity, rotation, intrinsics, placement, projection and labels run as
+batched numpy/torch calls over the chunk (per-op torch overhead on one scene's tiny tensors cost ~2 ms per
+scene); the result is bit-identical to sampling the scenes one by one (tested).
 
 Rasteriser: back-face culling, painter's algorithm (far-to-near by triangle centroid depth), one
 ``cv2.fillConvexPoly`` per visible triangle with 4 fractional bits (``shift``) so vertices keep
 sub-pixel positions in the OpenCV integer-pixel-centre convention, flat Lambertian shading per triangle.
-The face is drawn on an RGBA canvas whose alpha is the face mask, then composited over a textured
+The face is drawn on an RGBA canvas whose alpha (1) is the face mask, then composited over a textured
 background and lightly blurred/noised.
 """
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 import cv2
@@ -30,7 +36,7 @@ if TYPE_CHECKING:
 # rendering half of this module is numpy/cv2, so generation workers start without importing torch
 # (several seconds on a small machine); they get the mesh constants through ``install_mesh``.
 
-GENERATOR_VERSION = 1  # bump whenever the output of a (seed, split, index) changes: invalidates caches
+GENERATOR_VERSION = 2  # bump whenever the output of a (seed, split, index) changes: invalidates caches
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 POSE_RULE = "trg"  # yaw/pitch/roll ranges below are in geometry's "trg" rule: R = Rz(roll) Rx(pitch) Ry(yaw)
 POSE_LIMITS_DEG = (90.0, 60.0, 45.0)  # |yaw|, |pitch|, |roll|, each uniform in [-limit, limit]
@@ -107,7 +113,13 @@ def mesh() -> dict[str, np.ndarray]:
     rolled = np.stack([A[np.arange(len(A)), (k + j) % 3] for j in range(3)], 1)  # (o, s1, s2)
     quads = np.stack([rolled[:, 0], rolled[:, 1], B[b_only], rolled[:, 2]], 1)
     _MESH = {"vertices": v, "triangles": tri, "normals": vn, "keypoints": kp, "lips": lips, "brows": brows,
-             "centroids": v[tri].mean(1), "quads": quads}
+             "centroids": v[tri].mean(1), "quads": quads,
+             # derived constants of the batched sampler and the renderer
+             "vertices_sq": (v**2).sum(1), "centroids_sq": (v[tri].mean(1) ** 2).sum(1),
+             "centroids_t": v[tri].mean(1).T.copy(),
+             "tri0": tri[:, 0].copy(), "tri1": tri[:, 1].copy(), "tri2": tri[:, 2].copy(),
+             "triangles4": tri[:, [0, 1, 2, 2]], "left_eye": kp[list(LEFT_EYE)], "right_eye": kp[list(RIGHT_EYE)],
+             "mouth_inner": kp[list(MOUTH_INNER)]}
     return _MESH
 
 
@@ -139,81 +151,155 @@ class Scene:
     render_seed: int
 
 
-def _identity(rng: np.random.Generator) -> np.ndarray:
-    """Identity-varied head-frame vertices ``(N, 3)``: smooth RBF bumps along the normals, then a
-    per-axis scale (origin stays at the head centre)."""
+def _draws(seed: int, sid: int, index: int) -> tuple[np.ndarray, int]:
+    """All random numbers of scene ``index``: ``(uniforms (_NUM_UNIFORMS,) in [0, 1), render_seed)``, from
+    ``np.random.default_rng([seed, split_id, index])`` only (two draws: per-call overhead of numpy's
+    Generator dominates at this size). ``_scenes`` maps the uniforms onto the documented ranges."""
+    rng = np.random.default_rng([int(seed), sid, int(index)])
+    return rng.random(_NUM_UNIFORMS), int(rng.integers(0, 2**63 - 1))
+
+
+# layout of the per-scene uniforms (offsets into ``_draws``' array)
+_U_BUMP, _U_SIGMA, _U_AMP = 0, NUM_BUMPS, 2 * NUM_BUMPS  # bump centres (vertex ids), sigmas, amplitudes
+_U_SCALE = 3 * NUM_BUMPS  # 3 per-axis scales
+_U_YPR = _U_SCALE + 3  # 3 angles
+_U_FOV, _U_PP, _U_DEPTH = _U_YPR + 3, _U_YPR + 4, _U_YPR + 6  # fov, principal point (2), log-depth
+_U_LIGHT = _U_DEPTH + 1  # light direction (3), light colour (3), ambient, diffuse
+_U_SKIN = _U_LIGHT + 8  # skin mix, skin jitter (3), hair base, hair lightening on/off, amount, lip tint (2)
+_U_POS = _U_SKIN + 9  # head-centre candidates (_MAX_ROUNDS, _CANDIDATES, 2)
+_NUM_UNIFORMS = _U_POS + _MAX_ROUNDS * _CANDIDATES * 2
+
+
+def _lerp(u: np.ndarray, lo, hi) -> np.ndarray:
+    return lo + u * (np.asarray(hi) - np.asarray(lo))
+
+
+def _identity(u: np.ndarray) -> np.ndarray:
+    """Identity-varied head-frame vertices ``(B, N, 3)`` from uniforms ``u (B, _NUM_UNIFORMS)``: smooth RBF
+    bumps along the normals, then a per-axis scale (origin stays at the head centre)."""
     m = mesh()
     v, n = m["vertices"], m["normals"]
-    centres = v[rng.integers(0, len(v), NUM_BUMPS)]
-    sigma = rng.uniform(*BUMP_SIGMA_M, NUM_BUMPS)
-    amp = rng.uniform(-BUMP_AMPLITUDE_M, BUMP_AMPLITUDE_M, NUM_BUMPS)
-    d2 = (v**2).sum(1)[:, None] - 2 * v @ centres.T + (centres**2).sum(1)[None]  # (N, B) squared distances
-    disp = np.exp(-d2 / (2 * sigma**2)) @ amp
-    return (v + disp[:, None] * n) * rng.uniform(*SCALE_RANGE, 3)
+    centres = v[np.minimum((u[:, _U_BUMP:_U_SIGMA] * len(v)).astype(np.int64), len(v) - 1)]  # (B, NB, 3)
+    sigma = _lerp(u[:, _U_SIGMA:_U_AMP], *BUMP_SIGMA_M)
+    amp = _lerp(u[:, _U_AMP:_U_SCALE], -BUMP_AMPLITUDE_M, BUMP_AMPLITUDE_M)
+    d2 = m["vertices_sq"][None, :, None] - 2 * v @ centres.transpose(0, 2, 1) + (centres**2).sum(2)[:, None]
+    disp = np.einsum("bnk,bk->bn", np.exp(d2 * (-0.5 / sigma**2)[:, None]), amp)  # (B, N)
+    return (v + disp[..., None] * n) * _lerp(u[:, None, _U_SCALE:_U_YPR], *SCALE_RANGE)
 
 
-def _place(rng: np.random.Generator, V: torch.Tensor, R: torch.Tensor, K: torch.Tensor, size: int) -> torch.Tensor:
-    """Sample ``t (3,)`` so the projected face box lies inside the image with ``BOX_MARGIN_PX``.
+def _place(u: np.ndarray, V: torch.Tensor, R: torch.Tensor, K: torch.Tensor, size: int) -> torch.Tensor:
+    """Sample ``t (B, 3)`` so each projected face box lies inside the image with ``BOX_MARGIN_PX``.
 
     Depth is log-uniform in ``DEPTH_RANGE_M``; the head centre's pixel is drawn uniformly among the
-    positions where the on-axis face extents fit, and candidates are verified with the exact
-    (perspective) projection. When none fits the depth grows by 20 % (capped at the range's top).
-    Deterministic: all draws come from ``rng``.
+    positions where the on-axis face extents fit, and candidates (``_CANDIDATES`` per round, from the
+    scene's own uniforms) are verified with the exact (perspective) projection. When no candidate fits
+    the depth grows by 20 % (capped at the range's top). Vectorised over the scenes still searching.
     """
     import torch
 
     from ... import geometry as G
 
     lo_m, hi_m = BOX_MARGIN_PX, size - 1 - BOX_MARGIN_PX
-    z = math.exp(rng.uniform(math.log(DEPTH_RANGE_M[0]), math.log(DEPTH_RANGE_M[1])))
-    c, K_inv = K[:2, 2], torch.linalg.inv(K)
-    rotated = G.transform_points(V, R, torch.zeros(3, dtype=V.dtype))  # (N, 3); translations added below
-    for _ in range(_MAX_ROUNDS):
-        on_axis = rotated + torch.tensor([0.0, 0.0, z], dtype=V.dtype)  # head centre on the optical axis
-        ext = G.box_from_points(G.project_points(on_axis, K)) - torch.cat([c, c])  # extents around centre
-        low, high = (lo_m - ext[:2]).numpy(), (hi_m - ext[2:]).numpy()
-        if (low < high).all():
-            for _ in range(_CANDIDATES):  # ~75 % of candidates fit even at the closest depth
-                uv1 = torch.tensor([*rng.uniform(low, high), 1.0], dtype=V.dtype)
-                t = (K_inv @ uv1) * z  # head centre on the pixel's ray at depth z (K_inv row 3 is (0, 0, 1))
-                box = G.box_from_points(G.project_points(rotated + t, K))
-                if bool((box[:2] >= lo_m).all() and (box[2:] <= hi_m).all()):
-                    return t
-        z = min(z * 1.2, DEPTH_RANGE_M[1])
+    B, dt = len(V), V.dtype
+    z = torch.from_numpy(np.exp(_lerp(u[:, _U_DEPTH], *np.log(DEPTH_RANGE_M))))
+    cand = torch.from_numpy(u[:, _U_POS:].reshape(B, _MAX_ROUNDS, _CANDIDATES, 2))
+    c, K_inv = K[:, :2, 2], torch.linalg.inv(K)
+    rotated = G.transform_points(V, R, torch.zeros(B, 3, dtype=dt))  # (B, N, 3); translations added below
+    t = torch.zeros(B, 3, dtype=dt)
+    todo = torch.arange(B)
+    for r in range(_MAX_ROUNDS):
+        zs = z[todo]
+        on_axis = rotated[todo] + torch.stack([torch.zeros_like(zs), torch.zeros_like(zs), zs], -1)[:, None]
+        ext = G.box_from_points(G.project_points(on_axis, K[todo])) - torch.cat([c[todo], c[todo]], -1)
+        low, high = lo_m - ext[:, :2], hi_m - ext[:, 2:]
+        left = torch.ones(len(todo), dtype=torch.bool)  # rows of ``todo`` not placed yet
+        search = torch.nonzero((low < high).all(1))[:, 0]  # rows whose face fits at this depth
+        for k in range(_CANDIDATES):  # ~75 % of candidates fit even at the closest depth
+            if len(search) == 0:
+                break
+            rows = todo[search]
+            uv = low[search] + cand[rows, r, k] * (high[search] - low[search])
+            uv1 = torch.cat([uv, torch.ones(len(rows), 1, dtype=dt)], -1)
+            # head centre on the pixel's ray at depth z (K_inv row 3 is (0, 0, 1))
+            tc = (K_inv[rows] @ uv1[..., None])[..., 0] * zs[search, None]
+            box = G.box_from_points(G.project_points(rotated[rows] + tc[:, None], K[rows]))
+            fit = (box[:, :2] >= lo_m).all(1) & (box[:, 2:] <= hi_m).all(1)
+            t[rows[fit]] = tc[fit]
+            left[search[fit]] = False
+            search = search[~fit]
+        todo = todo[left]
+        if len(todo) == 0:
+            return t
+        z[todo] = torch.clamp(z[todo] * 1.2, max=DEPTH_RANGE_M[1])
     raise RuntimeError(f"could not fit the face inside a {size}x{size} image; image_size too small?")
 
 
-def sample_scene(seed: int, split: str, index: int, image_size: int = 256) -> Scene:
-    """Sample scene ``index`` of ``split`` (no rendering); depends only on ``(seed, split, index)``."""
+def _scenes(seed: int, split: str, indices: list[int], image_size: int) -> tuple[list[Scene], dict[str, np.ndarray]]:
+    """Scenes ``indices`` of ``split`` and their stacked float32 labels, all maths batched over the scenes
+    (each scene's random numbers come from its own stream, so scene ``i`` depends only on ``(seed, split, i)``)."""
     import torch
 
     from ... import geometry as G
 
-    rng = np.random.default_rng([int(seed), split_id(split), int(index)])
+    sid = split_id(split)
+    draws = [_draws(seed, sid, i) for i in indices]
+    u = np.stack([d[0] for d in draws])  # (B, _NUM_UNIFORMS)
     f64 = torch.float64
-    vertices = _identity(rng)
-    ypr = rng.uniform(-1.0, 1.0, 3) * np.array(POSE_LIMITS_DEG)
+    vertices = _identity(u)
+    ypr = (u[:, _U_YPR:_U_FOV] * 2 - 1) * np.array(POSE_LIMITS_DEG)
     R = G.euler_to_matrix(torch.from_numpy(ypr), POSE_RULE).to(f64)
-    fov = float(rng.uniform(*FOV_X_RANGE_DEG))
-    cx, cy = (image_size - 1) / 2.0 + rng.uniform(-1, 1, 2) * PRINCIPAL_OFFSET * image_size
-    K = G.intrinsics_from_fov(torch.tensor(fov, dtype=f64), image_size, image_size, torch.tensor(cx), torch.tensor(cy))
-    K = K.to(f64)  # labels are stored float32; sampling/projection run in float64
+    fov = _lerp(u[:, _U_FOV], *FOV_X_RANGE_DEG)
+    pp = (image_size - 1) / 2.0 + (u[:, _U_PP:_U_DEPTH] * 2 - 1) * PRINCIPAL_OFFSET * image_size
+    K = G.intrinsics_from_fov(torch.from_numpy(fov), image_size, image_size, torch.from_numpy(pp[:, 0]),
+                              torch.from_numpy(pp[:, 1])).to(f64)  # labels are stored float32; maths in float64
     V = torch.from_numpy(vertices)
-    t = _place(rng, V, R, K, image_size)
+    t = _place(u, V, R, K, image_size)
     v_cam = G.transform_points(V, R, t)
     uv = G.project_points(v_cam, K)
-    light = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), -rng.uniform(0.2, 1.5)])  # mostly from the camera side
-    skin = (_SKIN_DARK + rng.random() * (_SKIN_LIGHT - _SKIN_DARK)) * rng.uniform(0.93, 1.07, 3)
-    hair = (rng.uniform(0.05, 0.25) + rng.choice([0.0, 0.45]) * rng.random()) * np.array([1.0, 0.8, 0.6])
-    return Scene(
-        split=split, index=int(index), image_size=int(image_size), fov_x_deg=fov, ypr_deg=ypr,
-        R=R.numpy(), t=t.numpy(), K=K.numpy(), vertices=vertices, v_cam=v_cam.numpy(), uv=uv.numpy(),
-        light_dir=light / np.linalg.norm(light), light_rgb=rng.uniform(0.88, 1.12, 3),
-        ambient=float(rng.uniform(0.25, 0.55)), diffuse=float(rng.uniform(0.5, 0.9)),
-        albedo=np.clip(skin, 0, 1), hair=np.clip(hair, 0, 1),
-        lip_tint=np.array([1.0, rng.uniform(0.55, 0.75), rng.uniform(0.55, 0.8)]),
-        render_seed=int(rng.integers(0, 2**63 - 1)),
-    )
+    labels = _labels(V, R, t, K, uv)
+    ul, us = u[:, _U_LIGHT:_U_SKIN], u[:, _U_SKIN:_U_POS]
+    light = np.stack([ul[:, 0] * 2 - 1, ul[:, 1] * 2 - 1, -_lerp(ul[:, 2], 0.2, 1.5)], 1)  # mostly from the camera side
+    light /= np.linalg.norm(light, axis=1, keepdims=True)
+    light_rgb = _lerp(ul[:, 3:6], 0.88, 1.12)
+    ambient, diffuse = _lerp(ul[:, 6], 0.25, 0.55), _lerp(ul[:, 7], 0.5, 0.9)
+    skin = (_SKIN_DARK + us[:, :1] * (_SKIN_LIGHT - _SKIN_DARK)) * _lerp(us[:, 1:4], 0.93, 1.07)
+    hair = (_lerp(us[:, 4:5], 0.05, 0.25) + np.where(us[:, 5:6] < 0.5, 0.0, 0.45) * us[:, 6:7]) * np.array([1.0, 0.8, 0.6])
+    lip = np.stack([np.ones(len(u)), _lerp(us[:, 7], 0.55, 0.75), _lerp(us[:, 8], 0.55, 0.8)], 1)
+    Rn, tn, Kn, vc, uvn = R.numpy(), t.numpy(), K.numpy(), v_cam.numpy(), uv.numpy()
+    skin, hair = np.clip(skin, 0, 1), np.clip(hair, 0, 1)
+    scenes = [Scene(
+        split=split, index=int(i), image_size=int(image_size), fov_x_deg=float(fov[j]), ypr_deg=ypr[j],
+        R=Rn[j], t=tn[j], K=Kn[j], vertices=vertices[j], v_cam=vc[j], uv=uvn[j], light_dir=light[j],
+        light_rgb=light_rgb[j], ambient=float(ambient[j]), diffuse=float(diffuse[j]), albedo=skin[j], hair=hair[j],
+        lip_tint=lip[j], render_seed=draws[j][1],
+    ) for j, i in enumerate(indices)]
+    return scenes, labels
+
+
+def sample_scene(seed: int, split: str, index: int, image_size: int = 256) -> Scene:
+    """Sample scene ``index`` of ``split`` (no rendering); depends only on ``(seed, split, index)``."""
+    return _scenes(seed, split, [index], image_size)[0][0]
+
+
+def sample_scenes(seed: int, split: str, start: int, stop: int, image_size: int = 256) -> tuple[list[Scene], dict[str, np.ndarray]]:
+    """Scenes ``start..stop-1`` and their stacked float32 labels ``{name: (m, ...)}`` (see ``scene_labels``),
+    batched: identical to ``sample_scene``/``scene_labels`` one by one, much faster."""
+    return _scenes(seed, split, list(range(int(start), int(stop))), image_size)
+
+
+def _labels(V: torch.Tensor, R: torch.Tensor, t: torch.Tensor, K: torch.Tensor, uv: torch.Tensor) -> dict[str, np.ndarray]:
+    """Batched ``scene_labels`` from float64 ``V (B, N, 3)``, ``R``, ``t``, ``K``, ``uv (B, N, 2)``."""
+    from ... import geometry as G
+
+    lm_cam = G.transform_points(V[:, mesh()["keypoints"]], R, t)
+    out = {
+        "K": K, "R": R, "t": t,
+        "landmarks_2d": G.project_points(lm_cam, K),
+        "landmarks_3d": G.depth_relative_points(lm_cam, K, t),
+        "vertices": V,
+        "box": G.box_from_points(uv),
+    }
+    return {k: v.numpy().astype(np.float32) for k, v in out.items()}
 
 
 def scene_labels(scene: Scene) -> dict[str, np.ndarray]:
@@ -222,19 +308,24 @@ def scene_labels(scene: Scene) -> dict[str, np.ndarray]:
     projected vertices, hence it encloses every rendered face pixel)."""
     import torch
 
-    from ... import geometry as G
+    V, R, t, K, uv = (torch.from_numpy(np.asarray(a, np.float64))[None] for a in
+                      (scene.vertices, scene.R, scene.t, scene.K, scene.uv))
+    return {k: v[0] for k, v in _labels(V, R, t, K, uv).items()}
 
-    kp = mesh()["keypoints"]
-    K, R, t = (torch.from_numpy(a) for a in (scene.K, scene.R, scene.t))
-    lm_cam = G.transform_points(torch.from_numpy(scene.vertices[kp]), R, t)
-    out = {
-        "K": K, "R": R, "t": t,
-        "landmarks_2d": G.project_points(lm_cam, K),
-        "landmarks_3d": G.depth_relative_points(lm_cam, K, t),
-        "vertices": torch.from_numpy(scene.vertices),
-        "box": G.box_from_points(torch.from_numpy(scene.uv)),
-    }
-    return {k: v.numpy().astype(np.float32) for k, v in out.items()}
+
+_CUBIC: dict[tuple[int, int], np.ndarray] = {}
+_RAMP = np.linspace(-0.5, 0.5, 64, dtype=np.float32)
+
+
+def _upsample_cubic(a: np.ndarray, lo: int) -> np.ndarray:
+    """``cv2.resize(a, (lo, lo), interpolation=cv2.INTER_CUBIC)`` of a small square ``(g, g, 3)`` float32 array,
+    as two matrix products with OpenCV's own (separable, linear) cubic weights: OpenCV's generic path
+    costs ~0.1 ms per call at these sizes."""
+    g = a.shape[0]
+    M = _CUBIC.get((g, lo))
+    if M is None:  # (lo, g): column j = OpenCV's vertical cubic upsampling of the unit vector e_j
+        M = _CUBIC[(g, lo)] = cv2.resize(np.eye(g, dtype=np.float32), (g, lo), interpolation=cv2.INTER_CUBIC)
+    return np.matmul(M, (M @ a.reshape(g, -1)).reshape(lo, g, -1))
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -242,80 +333,100 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     with a linear colour gradient, plus a few random shapes (circles, rectangles, lines).
 
     The smooth part is composed at 64x64 and upsampled (it is low-frequency anyway): full-resolution
-    float maths would cost more than the whole face rasterisation."""
-    lo = 64
-    def octave(g: int) -> np.ndarray:
-        return cv2.resize(rng.random((g, g, 3), dtype=np.float32), (lo, lo), interpolation=cv2.INTER_CUBIC)
-    coarse = octave(int(rng.integers(2, 6))) * rng.uniform(0.3, 1.0)  # same draw order as one expression
-    base = coarse + octave(int(rng.integers(8, 17))) * rng.uniform(0, 0.4)
-    ang = rng.uniform(0, 2 * np.pi)
-    ramp = np.linspace(-0.5, 0.5, lo, dtype=np.float32)
-    g = (math.cos(ang) * ramp[None, :] + math.sin(ang) * ramp[:, None])[..., None] / 1.42 + 0.5  # (lo, lo, 1) in [0, 1]
-    c0, c1 = rng.random(3, dtype=np.float32), rng.random(3, dtype=np.float32)
-    w = np.float32(rng.uniform(0.2, 0.8))
-    bg = w * base / max(float(base.max()), 1e-6) + (1 - w) * (c0 + g * (c1 - c0))
-    bg = cv2.resize(np.clip(bg * 255.0, 0, 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
-    for _ in range(int(rng.integers(0, 8))):  # occasional clutter
-        col = tuple(int(x) for x in rng.integers(0, 256, 3))
-        p = tuple(int(x) for x in rng.integers(0, size, 2))
-        q = tuple(int(x) for x in rng.integers(0, size, 2))
-        kind = int(rng.integers(0, 3))
+    float maths would cost more than the whole face rasterisation. Scalars come from one ``rng.random``
+    call (numpy's per-call overhead is ~5-10 us)."""
+    lo = len(_RAMP)
+    r = rng.random(12)  # coarse grid, weight, fine grid, weight, gradient angle, 2 colours, blend
+    g1, g2 = 2 + int(r[0] * 4), 8 + int(r[2] * 9)  # {2..5}, {8..16}
+    base = _upsample_cubic(rng.random((g1, g1, 3), dtype=np.float32), lo) * np.float32(0.3 + 0.7 * r[1])
+    base += _upsample_cubic(rng.random((g2, g2, 3), dtype=np.float32), lo) * np.float32(0.4 * r[3])
+    ang = 2 * np.pi * r[4]
+    g = (math.cos(ang) / 1.42) * _RAMP[None, :] + ((math.sin(ang) / 1.42) * _RAMP[:, None] + 0.5)  # (lo, lo) in [0, 1]
+    c0, c1 = r[5:8].astype(np.float32), r[8:11].astype(np.float32)
+    w = float(0.2 + 0.6 * r[11])
+    bg = base * np.float32(255.0 * w / max(float(base.max()), 1e-6))
+    bg += g[..., None] * ((255.0 * (1 - w)) * (c1 - c0)) + (255.0 * (1 - w)) * c0
+    bg = cv2.resize(np.clip(bg, 0, 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_LINEAR)
+    shapes = rng.random((int(rng.integers(0, 8)), 9))  # occasional clutter: colour, 2 points, kind, size
+    for row in shapes:
+        col = tuple(int(x) for x in row[:3] * 256)
+        p, q = tuple(int(x) for x in row[3:5] * size), tuple(int(x) for x in row[5:7] * size)
+        kind = int(row[7] * 3)
         if kind == 0:
-            cv2.circle(bg, p, int(rng.integers(2, size // 4 + 3)), col, -1, cv2.LINE_AA)
+            cv2.circle(bg, p, 2 + int(row[8] * (size // 4 + 1)), col, -1, cv2.LINE_AA)
         elif kind == 1:
             cv2.rectangle(bg, p, q, col, -1)
         else:
-            cv2.line(bg, p, q, col, int(rng.integers(1, 6)), cv2.LINE_AA)
+            cv2.line(bg, p, q, col, 1 + int(row[8] * 5), cv2.LINE_AA)
     return bg
 
 
 def _draw_features(canvas: np.ndarray, scene: Scene) -> None:
     """Eyes (sclera + iris) and mouth interior, drawn before the face so the skin triangles around the
-    mesh's eye/mouth holes cover everything but the openings. Only drawn when the region faces the camera."""
-    kp, S = mesh()["keypoints"], 1 << _SHIFT
-    fwd = scene.R @ np.array([0.0, 0.0, -1.0])  # face's forward direction in the camera frame
+    mesh's eye/mouth holes cover everything but the openings. Only drawn when the region faces the camera.
+    Alpha 1 marks face pixels."""
+    m, S = mesh(), 1 << _SHIFT
+    fwd = -scene.R[:, 2]  # face's forward direction (head -z) in the camera frame
     shade = scene.ambient + scene.diffuse * max(0.0, float(fwd @ scene.light_dir))
     sclera, mouth = (0.85, 0.82, 0.8), (0.3, 0.08, 0.08)
-    for idx, colour in ((LEFT_EYE, sclera), (RIGHT_EYE, sclera), (MOUTH_INNER, mouth)):
-        ids = kp[list(idx)]
+    for ids, colour, eye in ((m["left_eye"], sclera, True), (m["right_eye"], sclera, True),
+                             (m["mouth_inner"], mouth, False)):
         centre = scene.v_cam[ids].mean(0)
-        if fwd @ (-centre / np.linalg.norm(centre)) < 0.35:  # seen too obliquely: skip
+        if fwd @ centre > -0.35 * math.sqrt(centre @ centre):  # seen too obliquely: skip
             continue
-        pts = np.round(scene.uv[ids] * S).astype(np.int32)
+        uv = scene.uv[ids]
         rgb = [float(min(255.0, 255 * c * shade)) for c in colour]
-        cv2.fillPoly(canvas, [pts], rgb + [255.0], cv2.LINE_8, _SHIFT)
-        if idx is not MOUTH_INNER:
-            uv = scene.uv[ids]
-            r = 0.22 * np.linalg.norm(uv[3] - uv[0])  # iris radius from the eye-corner distance
-            iris = [float(255 * c * shade) for c in scene.hair * 0.8] + [255.0]
-            cv2.circle(canvas, tuple(np.round(uv.mean(0) * S).astype(int).tolist()), int(r * S), iris, -1,
+        cv2.fillPoly(canvas, [np.rint(uv * S).astype(np.int32)], rgb + [1.0], cv2.LINE_8, _SHIFT)
+        if eye:
+            r = 0.22 * math.hypot(*(uv[3] - uv[0]))  # iris radius from the eye-corner distance
+            iris = [float(255 * c * shade) for c in scene.hair * 0.8] + [1.0]
+            cv2.circle(canvas, tuple(np.rint(uv.mean(0) * S).astype(int).tolist()), int(r * S), iris, -1,
                        cv2.LINE_8, _SHIFT)
 
 
 def _polygons(scene: Scene, visible: np.ndarray, rgb: np.ndarray, depth: np.ndarray):
-    """Fixed-point polygons and RGBA colours in painter's order (far to near).
+    """Fixed-point polygons ``(P, 4, 2) int32`` and RGBA colours (alpha 1, lists) in painter's order (far to near).
 
-    ``visible (F,)`` bool, ``rgb (F, 3)`` flat colours, ``depth (F,)`` triangle sort keys. A triangle pair
-    is drawn as one quad when both halves are visible, their colours differ by < ``_MERGE_TOL`` levels
-    (invisible after blur/noise) and the projected quad is convex; otherwise triangle by triangle.
+    ``visible (F,)`` bool, ``rgb (3, F)`` flat colours (channel-first: numpy reduces over a short last axis
+    slowly), ``depth (F,)`` triangle sort keys. A triangle pair is drawn as one quad when both halves are
+    visible, their colours differ by < ``_MERGE_TOL`` levels (invisible after blur/noise) and the projected
+    quad is convex; otherwise triangle by triangle.
     """
     m = mesh()
-    tri, quads, uv = m["triangles"], m["quads"], scene.uv
-    va, vb = visible[0::2], visible[1::2]
-    q = uv[quads]  # (Q, 4, 2)
-    e = np.roll(q, -1, axis=1) - q
-    turn = e[:, :, 0] * np.roll(e, -1, axis=1)[:, :, 1] - e[:, :, 1] * np.roll(e, -1, axis=1)[:, :, 0]
-    convex = (turn > 0).all(1) | (turn < 0).all(1)
-    merge = va & vb & convex & (np.abs(rgb[0::2] - rgb[1::2]).max(1) < _MERGE_TOL)
-    single = visible & ~np.repeat(merge, 2)
-    qi, ti = np.nonzero(merge)[0], np.nonzero(single)[0]
+    quads, uv = m["quads"], scene.uv
+    close = np.abs(rgb[:, 0::2] - rgb[:, 1::2]).max(0) < _MERGE_TOL
+    cand = np.flatnonzero(visible[0::2] & visible[1::2] & close)
+    qv = quads[cand].T  # (4, C) corner vertex ids
+    x, y = uv[:, 0][qv], uv[:, 1][qv]
+    ex, ey = x[_NEXT] - x, y[_NEXT] - y
+    turn = ex * ey[_NEXT] - ey * ex[_NEXT]
+    qi = cand[(turn > 0).all(0) | (turn < 0).all(0)]  # convex quads
+    merge = np.zeros(len(quads), bool)
+    merge[qi] = True
+    ti = np.flatnonzero(visible & ~np.repeat(merge, 2))
+    fixed = np.rint(uv * (1 << _SHIFT)).astype(np.int32)  # (N, 2) fixed-point vertices
     # one (P, 4, 2) array: single triangles repeat their last corner (a degenerate quad fills the same pixels)
-    corners = np.concatenate([q[qi], uv[tri[ti]][:, [0, 1, 2, 2]]])
+    corners = np.concatenate([fixed[quads[qi]], fixed[m["triangles4"][ti]]])
     keys = np.concatenate([(depth[2 * qi] + depth[2 * qi + 1]) / 2, depth[ti]])
-    rgba = np.full((len(keys), 4), 255, np.uint8)  # small Python ints convert fastest to cv2 colours
-    rgba[:, :3] = np.rint(np.concatenate([(rgb[2 * qi] + rgb[2 * qi + 1]) / 2, rgb[ti]]))
+    rgba = np.ones((len(keys), 4), np.uint8)  # small Python ints convert fastest to cv2 colours
+    rgba[:, :3] = np.rint(np.concatenate([(rgb[:, 2 * qi] + rgb[:, 2 * qi + 1]) / 2, rgb[:, ti]], 1)).T
     order = np.argsort(-keys, kind="stable")
-    return list(np.rint(corners[order] * (1 << _SHIFT)).astype(np.int32)), rgba[order].tolist()
+    return corners[order], rgba[order].tolist()
+
+
+_NEXT = [1, 2, 3, 0]
+_NOISE_LUT: dict[int, np.ndarray] = {}
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, ...], levels: int) -> np.ndarray:
+    """Uniform ``uint8`` noise in ``[0, levels)`` of ``shape``: random bytes (drawn as uint64, ~8x faster than
+    ``rng.integers(..., dtype=np.uint8)``) mapped by ``b * levels >> 8`` (bins differ by at most one byte value)."""
+    lut = _NOISE_LUT.get(levels)
+    if lut is None:
+        lut = _NOISE_LUT[levels] = ((np.arange(256) * levels) >> 8).astype(np.uint8)
+    n = int(np.prod(shape))
+    raw = rng.integers(0, 2**64, -(-n // 8), dtype=np.uint64).view(np.uint8)[:n].reshape(shape)
+    return cv2.LUT(raw, lut)
 
 
 def render_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
@@ -323,36 +434,39 @@ def render_scene(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     (before the final blur). Deterministic given the scene (its ``render_seed`` drives textures/noise)."""
     rng = np.random.default_rng(scene.render_seed)
     size, m = scene.image_size, mesh()
-    tri = m["triangles"]
-    p = scene.v_cam[tri]  # (F, 3, 3) camera-frame triangle corners
-    normal = np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
-    centroid = p.mean(1)
-    visible = np.einsum("fi,fi->f", normal, centroid) < 0  # back-face culling: keep camera-facing triangles
-    normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-20
-    # per-triangle albedo: base skin with low-frequency blotches, redder lips, hair-coloured brows
-    cen = m["centroids"]
-    centres = m["vertices"][rng.integers(0, len(m["vertices"]), 4)]
-    d2 = (cen**2).sum(1)[:, None] - 2 * cen @ centres.T + (centres**2).sum(1)[None]  # (F, 4)
-    albedo = scene.albedo * (1 + np.exp(d2 * (-1 / (2 * 0.03**2))) @ rng.normal(0, 0.05, (4, 3)))
-    albedo = albedo * (1 - m["lips"][:, None] * (1 - scene.lip_tint))
-    albedo = albedo + 0.85 * m["brows"][:, None] * (scene.hair - albedo)
-    shade = scene.ambient + scene.diffuse * np.clip(normal @ scene.light_dir, 0.0, None)  # Lambert, flat
-    rgb = np.clip(albedo * shade[:, None] * (scene.light_rgb * 255.0), 0, 255)
-    polys, colours = _polygons(scene, visible, rgb, centroid[:, 2])
-    canvas = np.zeros((size, size, 4), np.uint8)
+    r = rng.random(6)  # 4 blotch centres, blur sigma, noise amplitude
+    P = scene.v_cam.T  # (3, N) camera-frame vertices
+    p0, p1, p2 = P[:, m["tri0"]], P[:, m["tri1"]], P[:, m["tri2"]]  # (3, F) triangle corners
+    (ax, ay, az), (bx, by, bz) = p1 - p0, p2 - p0
+    normal = np.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx])  # (3, F), outward
+    csum = p0 + p1 + p2  # 3 x centroid
+    visible = np.einsum("if,if->f", normal, csum) < 0  # back-face culling: keep camera-facing triangles
+    vis = np.flatnonzero(visible)
+    # flat Lambert shading and per-triangle albedo of the visible triangles: base skin with low-frequency
+    # blotches, redder lips, hair-coloured brows
+    nv = normal[:, vis]
+    cos = (scene.light_dir @ nv) / (np.sqrt(np.einsum("if,if->f", nv, nv)) + 1e-20)
+    shade = scene.ambient + scene.diffuse * np.clip(cos, 0.0, None)
+    centres = m["vertices"][np.minimum((r[:4] * len(m["vertices"])).astype(np.int64), len(m["vertices"]) - 1)]
+    d2 = m["centroids_sq"][vis] - 2 * centres @ m["centroids_t"][:, vis] + (centres**2).sum(1)[:, None]  # (4, V)
+    albedo = scene.albedo[:, None] * (1 + rng.normal(0, 0.05, (4, 3)).T @ np.exp(d2 * (-1 / (2 * 0.03**2))))
+    albedo *= 1 - m["lips"][vis] * (1 - scene.lip_tint[:, None])  # (3, V) channel-first from here on
+    albedo += 0.85 * m["brows"][vis] * (scene.hair[:, None] - albedo)
+    rgb = np.zeros((3, len(visible)))
+    rgb[:, vis] = np.clip(albedo * shade * (scene.light_rgb[:, None] * 255.0), 0, 255)
+    polys, colours = _polygons(scene, visible, rgb, csum[2])
+    canvas = np.zeros((size, size, 4), np.uint8)  # RGB + alpha (1 = face pixel)
     _draw_features(canvas, scene)
-    fill = cv2.fillConvexPoly
-    for poly, colour in zip(polys, colours):  # the only per-polygon Python loop
-        fill(canvas, poly, colour, cv2.LINE_8, _SHIFT)
-    mask = canvas[..., 3] > 0
+    # the only per-polygon loop, run by map() (no Python bytecode per polygon)
+    deque(map(cv2.fillConvexPoly, repeat(canvas), polys, colours, repeat(cv2.LINE_8), repeat(_SHIFT)), maxlen=0)
+    alpha = cv2.extractChannel(canvas, 3)
     img = _background(rng, size)
-    np.copyto(img, canvas[..., :3], where=mask[..., None])
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 0.9))  # soften aliased edges, camera-like
-    # uniform pixel noise from one uint8 draw (a float Gaussian draw of S*S*3 values costs several ms)
-    amp = int(rng.integers(2, 10))
-    img = cv2.add(img, rng.integers(0, 2 * amp, img.shape, dtype=np.uint8))  # saturating uint8 maths
-    img = cv2.subtract(img, np.full(img.shape, amp, np.uint8))  # -> uniform noise in [-amp, amp)
-    return img, mask
+    img = cv2.copyTo(cv2.cvtColor(canvas, cv2.COLOR_RGBA2RGB), alpha, img)  # face over the background
+    img = cv2.GaussianBlur(img, (0, 0), 0.4 + 0.5 * r[4])  # soften aliased edges, camera-like
+    amp = 2 + int(r[5] * 8)  # uniform pixel noise in [-amp, amp), saturating uint8 maths
+    img = cv2.add(img, _noise(rng, img.shape, 2 * amp))
+    img = cv2.subtract(img, np.full(img.shape, amp, np.uint8))
+    return img, alpha.view(bool)
 
 
 def make_sample(seed: int, split: str, index: int, image_size: int = 256):
