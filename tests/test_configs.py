@@ -59,3 +59,10 @@ def test_unknown_group_option_names_the_group():
 def test_euler_rule_default_comes_from_data_protocol():
     cfg = compose_with()
     assert cfg.euler_rule is None and cfg.data.euler_rule in ("opnet", "trg")
+
+
+def test_experiment_preset_overrides_root_values():
+    cfg = compose_with("experiment=demo")
+    assert cfg.experiment_name == "demo" and cfg.trainer.max_steps == 700
+    assert cfg.model.net.backbone == "resnet10t"
+    assert compose_with("experiment=demo", "trainer.max_steps=5").trainer.max_steps == 5  # command line wins

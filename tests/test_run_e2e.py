@@ -101,3 +101,13 @@ def test_unknown_option_fails_fast_with_its_name(tmp_path):
     proc = run_cli(tmp_path, "data=no_such_dataset", check=False)
     assert proc.returncode != 0
     assert "no_such_dataset" in proc.stderr and "data" in proc.stderr
+
+
+@pytest.mark.slow
+def test_multirun_grid_writes_one_run_per_job(tmp_path):
+    run_cli(tmp_path, "-m", "seed=1,2", "logger=none", "callbacks=none", "trainer.max_steps=1")
+    sweeps = list((tmp_path / "out" / "multirun" / "default").iterdir())
+    assert len(sweeps) == 1
+    metrics = sorted(sweeps[0].glob("*/metrics.json"))
+    assert len(metrics) == 2
+    assert sorted(json.loads(p.read_text())["seed"] for p in metrics) == [1, 2]
