@@ -205,3 +205,11 @@ def test_batched_sampling_matches_one_by_one():
         assert one.render_seed == scenes[j].render_seed
         for k, v in R.scene_labels(one).items():
             np.testing.assert_array_equal(v, labels[k][j])
+
+
+@pytest.mark.parametrize("n", [1, 5, 21])
+def test_sizes_with_one_sample_chunks(tmp_path, n):
+    """n = 5 and 21 end with a one-sample chunk (h5py writes those differently); n = 1 is a one-sample cache."""
+    ds = _dataset(tmp_path, num_samples=n)
+    ds.prepare()
+    assert len(ds) == n and ds[n - 1]["image"].shape == (SIZE, SIZE, 3)

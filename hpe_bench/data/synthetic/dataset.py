@@ -135,7 +135,10 @@ def _write_results(f: h5py.File, results: Iterator, n: int, desc: str) -> None:
             blobs = np.empty(len(jpegs), dtype=object)
             for j, b in enumerate(jpegs):  # element-wise: a list of equal-length arrays would become 2D
                 blobs[j] = b
-            images[start:stop] = blobs
+            if len(blobs) == 1:  # h5py turns a one-element object array into (1, nbytes) and fails
+                images[start] = blobs[0]
+            else:
+                images[start:stop] = blobs
             for k in LABELS:
                 f[k][start:stop] = labels[k]
             bar.update(len(jpegs))
