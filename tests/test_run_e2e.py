@@ -113,3 +113,15 @@ def test_multirun_grid_writes_one_run_per_job(tmp_path):
     metrics = sorted(sweeps[0].glob("*/metrics.json"))
     assert len(metrics) == 2
     assert sorted(json.loads(p.read_text())["seed"] for p in metrics) == [1, 2]
+
+
+@pytest.mark.slow
+def test_two_process_evaluation_counts_every_sample_once(tmp_path):
+    """DDP on 2 CPU processes (gloo) with an odd test set: no padding duplicates, no drops."""
+    run_cli(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.sync_batchnorm=false",
+            "data.test.num_samples=21", "data.batch_size=4", "logger=none")
+    out = run_dir(tmp_path)
+    df = pd.read_parquet(out / "predictions.parquet")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(df) == 21 and df["sample_id"].is_unique
+    assert metrics["num_samples"] == 21 and metrics["count_rotation"] == 21 and metrics["count_translation"] == 21
