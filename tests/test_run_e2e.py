@@ -125,3 +125,13 @@ def test_two_process_evaluation_counts_every_sample_once(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(df) == 21 and df["sample_id"].is_unique
     assert metrics["num_samples"] == 21 and metrics["count_rotation"] == 21 and metrics["count_translation"] == 21
+
+
+def test_console_script_composes_from_any_directory(tmp_path):
+    """`hpe-bench` (installed by `make setup`) finds conf/ when called outside the checkout."""
+    script = Path(sys.executable).parent / "hpe-bench"
+    assert script.exists(), "console script missing: run `make setup` (pip install -e .)"
+    proc = subprocess.run([str(script), "--cfg", "job", "model=direct_regression"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "direct_regression" in proc.stdout and "experiment_name" in proc.stdout
