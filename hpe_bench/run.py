@@ -88,6 +88,8 @@ def run(cfg: DictConfig) -> float | None:
     if not cfg.get("test", True):
         return None
     test_ckpt = None if cfg.get("train", True) else cfg.get("ckpt_path")
+    if not cfg.get("train", True) and test_ckpt is None:
+        log.warning("train=false and no ckpt_path: testing an untrained model (set ckpt_path=...)")
     trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
     results = module.test_results
     record = metrics_record(cfg, results, euler_rule)
