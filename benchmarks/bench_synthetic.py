@@ -26,7 +26,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 def sample_grid(path: pathlib.Path, size: int = 256, rows: int = 4, seed: int = 0) -> None:
     """Write ``rows x rows`` renders of the test split with landmarks and boxes drawn (RGB -> BGR file)."""
-    from hpe_bench.data.synthetic.render import make_sample
+    from hpe_bench.data.synthetic.raster import make_sample
 
     tiles = []
     for i in range(rows * rows):
@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     from hpe_bench.data.synthetic import SyntheticDataset
     from hpe_bench.data.synthetic.dataset import sample_chunk
-    from hpe_bench.data.synthetic.render import render_jpeg_chunk
+    from hpe_bench.data.synthetic.raster import render_jpeg_chunk
 
     if args.num_samples > 0:
         with tempfile.TemporaryDirectory() as tmp:

@@ -182,7 +182,7 @@ def _render_face(R: np.ndarray, t: np.ndarray, K: np.ndarray, size: int) -> np.n
 def _render_with_renderer(R: np.ndarray, t: np.ndarray, K: np.ndarray, size: int) -> np.ndarray:
     import dataclasses
 
-    from .data.synthetic import render as S
+    from .data.synthetic import raster, scene as S
 
     template = S.sample_scene(0, "test", 0, size)  # only its field layout is reused; all geometry is replaced
     v = S.mesh()["vertices"]
@@ -192,7 +192,7 @@ def _render_with_renderer(R: np.ndarray, t: np.ndarray, K: np.ndarray, size: int
         v_cam=v_cam.numpy(), uv=G.project_points(v_cam, _f64(K)).numpy(),
         light_dir=np.array([0.3, -0.4, -1.0]) / np.linalg.norm([0.3, -0.4, -1.0]), light_rgb=np.ones(3),
         ambient=0.35, diffuse=0.65, albedo=np.array([0.85, 0.68, 0.58]), hair=np.array([0.25, 0.18, 0.12]))
-    image, mask = S.render_scene(scene)
+    image, mask = raster.render_scene(scene)
     # plain background (the renderer's is random texture); keep the face pixels
     mask = cv2.dilate(mask.astype(np.uint8), np.ones((2, 2), np.uint8)).astype(bool)
     out = np.empty_like(image)

@@ -13,7 +13,8 @@ import torch
 from hpe_bench import geometry as G
 from hpe_bench.data import h5cache
 from hpe_bench.data.synthetic import SyntheticDataset
-from hpe_bench.data.synthetic import render as R
+from hpe_bench.data.synthetic import raster
+from hpe_bench.data.synthetic import scene as R
 from hpe_bench.schema import collate, validate_sample
 
 SIZE = 96  # small images keep the cache tests fast
@@ -74,7 +75,7 @@ def test_labels_agree_with_rendered_image():
     normals = R.mesh()["normals"]
     nose_checked = 0
     for i in range(16):
-        image, mask, lab = R.make_sample(1, "train", i, 128)
+        image, mask, lab = raster.make_sample(1, "train", i, 128)
         assert image.shape == (128, 128, 3) and image.dtype == np.uint8 and mask.shape == (128, 128)
         assert mask.sum() > 10
         K, Rm, t = (torch.from_numpy(lab[k]).double() for k in ("K", "R", "t"))
@@ -108,7 +109,7 @@ def test_cache_samples_schema_and_exact_determinism(tmp_path):
     batch = collate(samples[:4])
     assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["has_K"].all() and not batch["has_shape_params"].any()
     # the cache holds exactly what make_sample renders (JPEG bytes identical, labels bit-equal) ...
-    image, _, lab = R.make_sample(3, "test", 7, SIZE)
+    image, _, lab = raster.make_sample(3, "test", 7, SIZE)
     with h5py.File(path, "r") as f:
         assert bytes(f["images"][7]) == h5cache.encode_jpeg(image, 95).tobytes()
     for k, v in lab.items():
@@ -161,14 +162,14 @@ def test_invalid_cache_is_reported_and_regenerated(tmp_path, damage):
 
 
 def test_interrupted_generation_leaves_no_file(tmp_path, monkeypatch):
-    real = R.render_scene
+    real = raster.render_scene
 
     def flaky(scene):
         if scene.index == 5:
             raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of generation
         return real(scene)
 
-    monkeypatch.setattr(R, "render_scene", flaky)
+    monkeypatch.setattr(raster, "render_scene", flaky)
     ds = _dataset(tmp_path, num_samples=8)
     with pytest.raises(KeyboardInterrupt):
         ds.prepare()

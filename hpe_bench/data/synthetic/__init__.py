@@ -1,8 +1,9 @@
 """Embedded synthetic 6DoF dataset: the ARKit face mesh rendered with random identity, pose, camera,
 lighting and background (the default dataset of the suite; no download needed).
 
-Names are resolved lazily so that importing ``hpe_bench.data.synthetic.render`` (generation workers)
-does not import torch through ``dataset``.
+Modules: ``scene`` (scene sampling and labels), ``raster`` (the OpenCV rasteriser), ``dataset`` (the HDF5
+cache). Names are resolved lazily so that importing ``hpe_bench.data.synthetic.raster`` (generation
+workers) does not import torch through ``dataset``.
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import importlib
 
 _EXPORTS = {
     "SyntheticDataset": "dataset", "cache_path": "dataset", "generation_settings": "dataset",
-    "GENERATOR_VERSION": "render", "SPLIT_IDS": "render", "make_sample": "render", "render_scene": "render",
-    "sample_scene": "render", "scene_labels": "render",
+    "GENERATOR_VERSION": "scene", "SPLIT_IDS": "scene", "sample_scene": "scene", "scene_labels": "scene",
+    "make_sample": "raster", "render_scene": "raster",
 }
 __all__ = sorted(_EXPORTS)
 

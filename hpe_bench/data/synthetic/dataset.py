@@ -6,7 +6,7 @@ generator setting and ``GENERATOR_VERSION``. Layout (``n = num_samples``):
 - ``images``: vlen ``uint8`` (n,), JPEG bytes (quality 95) of the RGB render (encoded from BGR by OpenCV,
   so ``h5cache.decode_jpeg`` gives RGB back);
 - ``K (n, 3, 3)``, ``R (n, 3, 3)``, ``t (n, 3)``, ``box (n, 4)``, ``landmarks_2d (n, 68, 2)``,
-  ``landmarks_3d (n, 68, 3)``, ``vertices (n, 1220, 3)``: float32 labels (see ``render.scene_labels``);
+  ``landmarks_3d (n, 68, 3)``, ``vertices (n, 1220, 3)``: float32 labels (see ``scene.scene_labels``);
 - attrs ``generator_version``, ``settings`` (JSON), ``num_samples``, ``complete=True``.
 
 Sample ``i`` depends only on ``(seed, split, i)``, so the bytes do not depend on ``workers``.
@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from ...assets import ARKIT_TOPOLOGY
 from .. import h5cache
-from . import render as _render
+from . import raster as _raster
+from . import scene as _scene
 
 DATASET_NAME = "synthetic"
 JPEG_QUALITY = 95
@@ -42,7 +43,7 @@ MIN_IMAGE_SIZE = 32
 
 def generation_settings(split: str, num_samples: int, seed: int, image_size: int) -> dict[str, Any]:
     """Everything that determines the cache's content (hashed into its file name, stored in its attrs)."""
-    return {"generator": "hpe_bench.data.synthetic", "generator_version": _render.GENERATOR_VERSION,
+    return {"generator": "hpe_bench.data.synthetic", "generator_version": _scene.GENERATOR_VERSION,
             "split": split, "num_samples": int(num_samples), "seed": int(seed), "image_size": int(image_size),
             "jpeg_quality": JPEG_QUALITY}
 
@@ -55,7 +56,7 @@ def cache_path(cache_dir: str | os.PathLike, split: str, num_samples: int, seed:
 
 def sample_chunk(seed: int, split: str, start: int, stop: int, size: int) -> tuple[list, dict[str, np.ndarray]]:
     """Scenes ``start..stop-1`` and their stacked float32 labels ``{name: (m, ...)}`` (the torch half)."""
-    scenes, labels = _render.sample_scenes(seed, split, start, stop, size)  # batched over the chunk
+    scenes, labels = _scene.sample_scenes(seed, split, start, stop, size)  # batched over the chunk
     return scenes, {k: labels[k] for k in LABELS}
 
 
@@ -67,7 +68,7 @@ def _pool_context() -> mp.context.BaseContext:
     """
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([_render.__name__])  # numpy + cv2 only: no torch import in workers
+        ctx.set_forkserver_preload([_raster.__name__])  # numpy + cv2 only: no torch import in workers
         return ctx
     return mp.get_context("spawn")
 
@@ -82,15 +83,15 @@ def _results(jobs: list, workers: int) -> Iterator[tuple[int, list[np.ndarray], 
     if workers <= 1 or mp.current_process().daemon:
         for seed, split, start, stop, size in jobs:
             scenes, labels = sample_chunk(seed, split, start, stop, size)
-            yield start, _render.render_jpeg_chunk(scenes, JPEG_QUALITY), labels
+            yield start, _raster.render_jpeg_chunk(scenes, JPEG_QUALITY), labels
         return
-    ex = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_render.worker_init,
-                             initargs=(_render.mesh(),))
+    ex = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_raster.worker_init,
+                             initargs=(_scene.mesh(),))
     try:
         pending: deque = deque()
         for seed, split, start, stop, size in jobs:
             scenes, labels = sample_chunk(seed, split, start, stop, size)  # overlaps with workers' rendering
-            pending.append((start, labels, ex.submit(_render.render_jpeg_chunk, scenes, JPEG_QUALITY)))
+            pending.append((start, labels, ex.submit(_raster.render_jpeg_chunk, scenes, JPEG_QUALITY)))
             while len(pending) > 2 * workers or (pending and pending[0][2].done()):
                 start, labels, fut = pending.popleft()
                 yield start, fut.result(), labels
@@ -109,7 +110,7 @@ def write_samples(f: h5py.File, seed: int, split: str, num_samples: int, image_s
     """Generate all samples into the open (temporary) file ``f`` with a tqdm progress bar."""
     n = num_samples
     shapes = {"K": (3, 3), "R": (3, 3), "t": (3,), "box": (4,), "landmarks_2d": (68, 2), "landmarks_3d": (68, 3),
-              "vertices": (len(_render.mesh()["vertices"]), 3)}
+              "vertices": (len(_scene.mesh()["vertices"]), 3)}
     for k in LABELS:
         f.create_dataset(k, (n,) + shapes[k], dtype=np.float32, chunks=(min(n, 64),) + shapes[k])
     h5cache.create_bytes_dataset(f, "images", n)
@@ -147,13 +148,13 @@ def _write_results(f: h5py.File, results: Iterator, n: int, desc: str) -> None:
 class SyntheticDataset(Dataset):
     """Synthetic ARKit-face renders with full 6DoF + landmark + dense-vertex labels (schema samples).
 
-    ``split`` in ``render.SPLIT_IDS`` (train/val/test: independent random streams); ``num_samples``
+    ``split`` in ``scene.SPLIT_IDS`` (train/val/test: independent random streams); ``num_samples``
     images of ``image_size`` x ``image_size``; ``workers`` processes generate the cache (once).
     """
 
     def __init__(self, split: str = "train", num_samples: int = 1000, seed: int = 0, image_size: int = 256,
                  cache_dir: str = ".cache/hpe_bench", workers: int = 2):
-        _render.split_id(split)  # ValueError naming the allowed splits
+        _scene.split_id(split)  # ValueError naming the allowed splits
         if int(num_samples) < 1:
             raise ValueError(f"synthetic {split}: num_samples must be >= 1, got {num_samples}")
         if int(seed) < 0:
@@ -175,7 +176,7 @@ class SyntheticDataset(Dataset):
     def prepare(self) -> pathlib.Path:
         """Make sure a valid cache exists (generate, or warn and regenerate an invalid one); idempotent."""
         self.close()  # a regeneration replaces the file: never keep reading an old handle
-        attrs = {"generator_version": _render.GENERATOR_VERSION,
+        attrs = {"generator_version": _scene.GENERATOR_VERSION,
                  "settings": json.dumps(self.settings, sort_keys=True), "num_samples": self.num_samples}
         lengths = {name: self.num_samples for name in ("images",) + LABELS}
         desc = f"synthetic {self.split} -> {self.path.name}"
