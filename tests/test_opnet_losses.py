@@ -214,7 +214,6 @@ def test_gradients_finite_at_zero_error():
 # ---------------------------------------------------------------------------------------- OpNetLoss
 
 def _pred_and_batch(B=3, seed=0):
-    from hpe_bench.losses.opnet import OpNetLoss  # noqa: F401  (import checked here)
     g = torch.Generator().manual_seed(seed)
     rn = lambda *s: torch.randn(*s, generator=g, dtype=D)  # noqa: E731
     q_raw = rn(B, 4)

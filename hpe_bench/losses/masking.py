@@ -1,7 +1,6 @@
 """Masked reductions shared by the loss recipes."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

@@ -223,7 +223,8 @@ class TRG(nn.Module):
         """Returns, for the last iteration, ``R (B, 3, 3)``, ``t (B, 3)`` m, ``vertices (B, 1220, 3)`` head frame m,
         ``landmarks_2d (B, 68, 2)`` full-image px; per iteration the lists ``R_iters``, ``t_iters``,
         ``vertices_iters``, ``correction_iters (B, 3)``, ``sampling_points_iters (B, N, 2)`` (the points each
-        iteration sampled, normalised); and ``heatmap_landmarks (B, 68, 2)`` normalised crop coordinates."""
+        iteration sampled, normalised); ``heatmap_landmarks (B, 68, 2)`` normalised crop coordinates; and, for
+        the loss, ``A (B, 3, 3)`` (full image -> crop px, from the inputs) and ``crop_size`` (int S)."""
         image, box, K, K_crop = inputs["image"], inputs["box"], inputs["K"], inputs["K_crop"]
         B, S = image.shape[0], image.shape[-1]
         feats = [self.backbone(image)[-1]]
@@ -257,6 +258,9 @@ class TRG(nn.Module):
         crop_px = normalized_to_crop(heatmap_landmarks, S)
         landmarks_2d = G.apply_transform_2d(torch.linalg.inv(inputs["A"].to(dtype)), crop_px)
         out.update(R=R, t=t, vertices=V, landmarks_2d=landmarks_2d, heatmap_landmarks=heatmap_landmarks)
+        # For the loss: the crop map A (full image -> crop px) and the crop side S, so the 2D landmark labels
+        # can be brought into the heatmap's normalised crop coordinates.
+        out.update(A=inputs["A"], crop_size=S)
         return out
 
     def _translation(self, c: Tensor, box: Tensor, K: Tensor, inputs: dict) -> Tensor:

@@ -1,0 +1,143 @@
+"""Loss of TRG (Chun & Chang, ECCV 2024, Sec. 3.5, Eqs. 4-7), and the paper's step learning-rate schedule.
+
+Per iteration ``t = 1..T`` (weight ``2^(t-T)``: 1/4, 1/2, 1 for T = 3), on the network's ``*_iters`` lists:
+
+- ``head``: per-vertex L1 norm ``|V_t,n - V*_n|_1`` (metres, summed over x, y, z) averaged over the vertices
+  (Eq. 4, the ``1/N^V sum_n |.|_1`` form), head frame. Needs ``has_vertices`` with the model's vertex count.
+- ``cam``: the same on camera-frame vertices ``geometry.transform_points(V, R, t)`` pred vs GT; needs
+  ``has_vertices``, ``has_R``, ``has_t``.
+- ``img``: the same on the projected full-image pixels ``geometry.project_points(V_cam, K)`` (the batch's K for
+  both); needs ``has_K`` as well.
+- ``rot``: Frobenius distance ``|R_t - R*|_F``, NOT squared (paper Eq. 4; the reference code uses the MSE
+  over the 9 entries, i.e. ``|.|_F^2 / 9``). Zero-safe: ``torch.linalg.matrix_norm`` has a 0 subgradient at 0.
+  Needs ``has_R``.
+
+Once, on the final vertices:
+
+- ``ed``: edge-length L1 ``| |V_n - V_m|_2 - |V*_n - V*_m|_2 |`` (metres) averaged over the unique edges of the
+  ARKit triangles (Eq. 5 sums over triangles and their edges; we take the mean over unique edges, as the
+  reference code's Pose2Mesh-style edge loss averages, so ``lambda_ed = 2`` keeps its scale).
+- ``landmarks``: per-landmark L1 norm on the 68 heatmap landmarks in normalised crop coordinates ``[-1, 1]``
+  averaged over the landmarks (Eq. 6); GT = ``crop_to_normalized(apply_transform_2d(A, landmarks_2d), S)`` with
+  ``A`` and ``S = crop_size`` carried in the network output. Needs ``has_landmarks_2d``.
+
+Every term averages over the samples that have its labels (``masked_mean``), so a sample with only 2D
+landmarks (300W-LP-like) contributes only to ``landmarks``, and a batch without a label gives that term 0.
+Returned: every weighted term (``lambda * L``) and their sum under ``loss``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import geometry as G
+from ..assets import ARKIT_TOPOLOGY, arkit_face
+from ..models.trg import crop_to_normalized
+from .masking import masked_mean
+
+TERMS = ("head", "cam", "img", "rot", "ed", "landmarks")
+
+
+def unique_edges(triangles) -> Tensor:
+    """Unique undirected edges ``(E, 2)`` int64 (sorted pairs, sorted rows) of ``triangles (F, 3)``."""
+    tri = np.asarray(triangles, dtype=np.int64)
+    pairs = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
+    return torch.as_tensor(np.unique(np.sort(pairs, 1), axis=0))
+
+
+def iteration_weights(n: int) -> list[float]:
+    """``2^(t - n)`` for ``t = 1..n`` (paper: 1/4, 1/2, 1 for three iterations)."""
+    return [2.0 ** (t - n) for t in range(1, n + 1)]
+
+
+def _l1_per_point(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample mean over points of the per-point L1 norm: ``(B, N, D) -> (B,)``."""
+    return (a - b).abs().sum(-1).mean(-1)
+
+
+class TRGLoss(nn.Module):
+    """Args: the lambdas of Eq. 7 (paper: head 20, cam 2, img 0.01, rot 10, ed 2, landmarks 1.25). A lambda of
+    0 skips its term's computation (the term is still returned, as 0) -- the ablation recipes."""
+
+    def __init__(self, head: float = 20.0, cam: float = 2.0, img: float = 0.01, rot: float = 10.0,
+                 ed: float = 2.0, landmarks: float = 1.25, topology: str = ARKIT_TOPOLOGY):
+        super().__init__()
+        self.weights = {"head": float(head), "cam": float(cam), "img": float(img), "rot": float(rot),
+                        "ed": float(ed), "landmarks": float(landmarks)}
+        self.topology = topology
+        self.register_buffer("edges", unique_edges(arkit_face()["triangles"]), persistent=False)
+
+    # -- label masks ------------------------------------------------------------------------------------
+    def _vertex_labels(self, batch: Mapping[str, Any], n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """GT vertices ``(B, n, 3)`` and the samples whose GT has exactly the model's ``n`` vertices (and, where
+        named, the model's topology)."""
+        B, dev = like.shape[0], like.device
+        V = batch["vertices"].to(like)
+        valid = batch["has_vertices"].to(dev).bool()
+        if V.shape[1] < n:
+            return like.new_zeros(B, n, 3), torch.zeros_like(valid)
+        mask = batch.get("vertices_mask")
+        if mask is not None:
+            mask = mask.to(dev).bool()
+            valid = valid & (mask.sum(1) == n) & mask[:, :n].all(1)
+        elif V.shape[1] != n:
+            valid = torch.zeros_like(valid)
+        topo = batch.get("topology")
+        if topo is not None:
+            valid = valid & torch.tensor([tp in ("", self.topology) for tp in topo], device=dev)
+        V = V[:, :n]
+        # Zero the unlabelled rows so no NaN/inf from padding can leak through masked terms' gradients.
+        return torch.where(valid.view(B, 1, 1), V, torch.zeros_like(V)), valid
+
+    # -- forward ----------------------------------------------------------------------------------------
+    def forward(self, pred: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        w = self.weights
+        V_iters, R_iters, t_iters = pred["vertices_iters"], pred["R_iters"], pred["t_iters"]
+        final = V_iters[-1]
+        dev = final.device
+        has = {k: batch[f"has_{k}"].to(dev).bool() for k in ("R", "t", "K", "landmarks_2d")}
+        V_gt, has_v = self._vertex_labels(batch, final.shape[1], final)
+        R_gt, t_gt, K = batch["R"].to(final), batch["t"].to(final), batch["K"].to(final)
+        has_pose = has_v & has["R"] & has["t"]
+        has_img = has_pose & has["K"]
+        zero = final.sum() * 0.0  # keeps the graph for terms without labels
+        raw = {k: zero for k in TERMS}
+
+        need_cam = w["cam"] != 0 or w["img"] != 0
+        if need_cam:
+            cam_gt = G.transform_points(V_gt, R_gt, t_gt)
+            # Safe depth where the sample has no labels (its row is masked out anyway).
+            cam_gt_safe = torch.where(has_img.view(-1, 1, 1), cam_gt, cam_gt.new_tensor([0.0, 0.0, 1.0]))
+            img_gt = G.project_points(cam_gt_safe, K)
+        for weight, V, R, t in zip(iteration_weights(len(V_iters)), V_iters, R_iters, t_iters):
+            if w["head"] != 0:
+                raw["head"] = raw["head"] + weight * masked_mean(_l1_per_point(V, V_gt), has_v)
+            if need_cam:
+                cam = G.transform_points(V, R, t)
+                if w["cam"] != 0:
+                    raw["cam"] = raw["cam"] + weight * masked_mean(_l1_per_point(cam, cam_gt), has_pose)
+                if w["img"] != 0:
+                    cam_safe = torch.where(has_img.view(-1, 1, 1), cam, cam.new_tensor([0.0, 0.0, 1.0]))
+                    img = G.project_points(cam_safe, K)
+                    raw["img"] = raw["img"] + weight * masked_mean(_l1_per_point(img, img_gt), has_img)
+            if w["rot"] != 0:
+                rot = torch.linalg.matrix_norm(R - R_gt.to(R))
+                raw["rot"] = raw["rot"] + weight * masked_mean(rot, has["R"])
+        if w["ed"] != 0:
+            i, j = self.edges[:, 0], self.edges[:, 1]
+            length = (final[:, i] - final[:, j]).norm(dim=-1)
+            length_gt = (V_gt[:, i] - V_gt[:, j]).norm(dim=-1)
+            raw["ed"] = masked_mean((length - length_gt).abs().mean(-1), has_v)
+        if w["landmarks"] != 0:
+            lm = pred["heatmap_landmarks"]
+            S = int(pred["crop_size"])
+            lm_gt = crop_to_normalized(G.apply_transform_2d(pred["A"].to(lm), batch["landmarks_2d"].to(lm)), S)
+            raw["landmarks"] = masked_mean(_l1_per_point(lm, lm_gt), has["landmarks_2d"])
+
+        terms = {k: w[k] * raw[k] for k in TERMS}
+        terms["loss"] = sum(terms.values())
+        return terms
+
