@@ -199,3 +199,17 @@ def test_train_mode_backward(model):
 def test_parameter_count(model):
     n = sum(p.numel() for p in model.parameters())
     assert abs(n - 37.6e6) / 37.6e6 < 0.01, n
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_single_scale_iteration_ablations_run(iterations):
+    """TRG Table 1 variants (conf/model/trg_iter*_single.yaml): every iteration samples the finest map."""
+    import numpy as np
+
+    from hpe_bench.schema import collate
+
+    net = create_model("trg", iterations=iterations, multiscale=False, backbone="resnet10t").eval()
+    s = {"image": np.zeros((64, 64, 3), np.uint8), "box": np.array([8.0, 8, 56, 56]), "dataset": "toy",
+         "sample_id": "0", "topology": "", "K": np.array([[60.0, 0, 32], [0, 60, 32], [0, 0, 1]])}
+    out = net(CropInput(size=64)(collate([s, dict(s, sample_id="1")])))
+    assert len(out["R_iters"]) == iterations and out["vertices"].shape == (2, 1220, 3)
