@@ -578,3 +578,12 @@ def test_depth_relative_points(rotations):
     pb = depth_relative_points(camb, K0, t[None].expand(2, 3))
     assert pb.shape == (2, 3, 3)
     torch.testing.assert_close(pb[:, 0, 2], torch.zeros(2, dtype=D64))
+
+
+def test_crop_normalisation_is_the_align_corners_grid():
+    """Pixel 0 -> -1, pixel S-1 -> +1 (hand-derived), and the inverse round-trips."""
+    from hpe_bench.geometry import crop_to_normalized, normalized_to_crop
+    px = torch.tensor([[0.0, 47.0], [23.5, 0.0]], dtype=torch.float64)
+    n = crop_to_normalized(px, 48)
+    assert torch.allclose(n, torch.tensor([[-1.0, 1.0], [0.0, -1.0]], dtype=torch.float64))
+    assert torch.allclose(normalized_to_crop(n, 48), px)

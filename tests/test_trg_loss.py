@@ -16,7 +16,6 @@ from hpe_bench import geometry as G
 from hpe_bench.assets import ARKIT_TOPOLOGY, arkit_face
 from hpe_bench.losses.trg import TERMS, TRGLoss, iteration_weights, unique_edges
 from hpe_bench.schedules import paper_step_schedule
-from hpe_bench.models.trg import crop_to_normalized
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -48,7 +47,7 @@ def make_pred(batch, iters=3):
     B = batch["R"].shape[0]
     box = torch.tensor([[10.0, 20.0, 110.0, 120.0]] * B, dtype=torch.float64)
     A = G.crop_transform(box, S)
-    hm = crop_to_normalized(G.apply_transform_2d(A, batch["landmarks_2d"]), S)
+    hm = G.crop_to_normalized(G.apply_transform_2d(A, batch["landmarks_2d"]), S)
     return {"vertices_iters": [batch["vertices"].clone() for _ in range(iters)],
             "R_iters": [batch["R"].clone() for _ in range(iters)], "t_iters": [batch["t"].clone() for _ in range(iters)],
             "heatmap_landmarks": hm, "A": A, "crop_size": S}

@@ -6,7 +6,7 @@ from hpe_bench import geometry as G
 from hpe_bench.assets import arkit_face
 from hpe_bench.models import create_model, list_models
 from hpe_bench.models.crop import CropInput
-from hpe_bench.models.trg import (correction_to_translation, crop_to_normalized, normalized_to_crop,
+from hpe_bench.models.trg import (correction_to_translation,
                                   sample_features, soft_argmax, translation_to_correction)
 
 S = 192
@@ -120,9 +120,9 @@ def test_normalisation_matches_grid_sample_align_corners():
     xs = torch.arange(S, dtype=torch.float64)
     fmap = torch.stack([xs.expand(S, S), xs.unsqueeze(1).expand(S, S)]).unsqueeze(0)
     px = torch.rand(1, 50, 2, dtype=torch.float64) * (S - 1)
-    got = sample_features(fmap, crop_to_normalized(px, S))
+    got = sample_features(fmap, G.crop_to_normalized(px, S))
     assert torch.allclose(got, px, atol=1e-9)
-    assert torch.allclose(normalized_to_crop(crop_to_normalized(px, S), S), px)
+    assert torch.allclose(G.normalized_to_crop(G.crop_to_normalized(px, S), S), px)
 
 
 def test_soft_argmax_peak():
@@ -148,7 +148,7 @@ def test_sampling_points_are_projections_of_previous_face(model, inputs, output)
 
 def test_landmarks_2d_are_heatmap_landmarks_in_full_image(inputs, output):
     back = G.apply_transform_2d(inputs["A"], output["landmarks_2d"])
-    assert torch.allclose(back, normalized_to_crop(output["heatmap_landmarks"], S), atol=1e-3)
+    assert torch.allclose(back, G.normalized_to_crop(output["heatmap_landmarks"], S), atol=1e-3)
 
 
 def test_sampler_passes_gradient_to_previous_vertices(model, inputs, output):

@@ -21,7 +21,7 @@ from torch import Tensor
 __all__ = [
     "transform_points", "project_points", "make_intrinsics", "intrinsics_from_fov", "fallback_intrinsics",
     "box_from_points", "square_box", "crop_transform", "crop_intrinsics", "apply_transform_2d",
-    "crop_images", "ray_rotation", "depth_relative_points",
+    "crop_images", "ray_rotation", "depth_relative_points", "crop_to_normalized", "normalized_to_crop",
 ]
 
 
@@ -127,6 +127,17 @@ def crop_images(images: Tensor, box: Tensor, out_size: int | tuple[int, int], mo
     A = crop_transform(box.to(images.dtype), (out_w, out_h))
     return KT.warp_affine(images, A[:, :2, :], (out_h, out_w), mode=mode, padding_mode=padding_mode,
                           align_corners=True)
+
+
+def crop_to_normalized(points: Tensor, size: int) -> Tensor:
+    """Crop pixels ``(..., 2)`` (``x in [0, S-1]``, integer pixel centres) -> ``[-1, 1]``, exactly as
+    ``grid_sample(align_corners=True)`` reads a feature map covering the crop."""
+    return points * (2.0 / (size - 1)) - 1.0
+
+
+def normalized_to_crop(points: Tensor, size: int) -> Tensor:
+    """Inverse of ``crop_to_normalized``: ``[-1, 1]`` -> crop pixels ``(..., 2)``."""
+    return (points + 1.0) * ((size - 1) / 2.0)
 
 
 def ray_rotation(K: Tensor, uv: Tensor) -> Tensor:

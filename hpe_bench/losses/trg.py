@@ -35,7 +35,6 @@ from torch import Tensor, nn
 
 from .. import geometry as G
 from ..assets import ARKIT_TOPOLOGY, arkit_face
-from ..models.trg import crop_to_normalized
 from .masking import masked_mean
 
 TERMS = ("head", "cam", "img", "rot", "ed", "landmarks")
@@ -134,7 +133,7 @@ class TRGLoss(nn.Module):
         if w["landmarks"] != 0:
             lm = pred["heatmap_landmarks"]
             S = int(pred["crop_size"])
-            lm_gt = crop_to_normalized(G.apply_transform_2d(pred["A"].to(lm), batch["landmarks_2d"].to(lm)), S)
+            lm_gt = G.crop_to_normalized(G.apply_transform_2d(pred["A"].to(lm), batch["landmarks_2d"].to(lm)), S)
             raw["landmarks"] = masked_mean(_l1_per_point(lm, lm_gt), has["landmarks_2d"])
 
         terms = {k: w[k] * raw[k] for k in TERMS}

@@ -7,7 +7,7 @@ c = (s, dx, dy). Translation is never regressed directly: it follows from c, the
 (paper Eq. 2, supplementary Sec. 7), see ``correction_to_translation``.
 
 Coordinates: the sampler and the heatmap landmarks use crop pixels ``x in [0, S - 1]`` mapped linearly
-onto ``[-1, 1]`` (``crop_to_normalized``), which is exactly how ``grid_sample(align_corners=True)`` reads a
+onto ``[-1, 1]`` (``geometry.crop_to_normalized``), which is exactly how ``grid_sample(align_corners=True)`` reads a
 feature map covering the crop (its first/last cell centres at -1/+1). All other geometry comes from
 ``hpe_bench.geometry``.
 """
@@ -81,16 +81,6 @@ def translation_to_correction(t: Tensor, box: Tensor, K: Tensor, face_size: floa
     dx = (fx * tx / tz - tau[..., 0]) / b
     dy = (fy * ty / tz - tau[..., 1]) / b
     return torch.stack([s, dx, dy], -1)
-
-
-def crop_to_normalized(points: Tensor, size: int) -> Tensor:
-    """Crop pixels ``(..., 2)`` (``x in [0, S-1]``) -> ``[-1, 1]`` as ``grid_sample(align_corners=True)`` reads them."""
-    return points * (2.0 / (size - 1)) - 1.0
-
-
-def normalized_to_crop(points: Tensor, size: int) -> Tensor:
-    """Inverse of ``crop_to_normalized``: ``[-1, 1]`` -> crop pixels ``(..., 2)``."""
-    return (points + 1.0) * ((size - 1) / 2.0)
 
 
 def soft_argmax(heatmaps: Tensor) -> Tensor:
@@ -217,7 +207,7 @@ class TRG(nn.Module):
         """The 305-vertex subset of ``vertices (B, 1220, 3)`` posed by ``R, t`` and projected with ``K_crop``,
         normalised to ``[-1, 1]`` for a crop of side ``size`` -> ``(B, 305, 2)``; keeps the gradient."""
         cam = G.transform_points(vertices[:, self.subsample], R, t)
-        return crop_to_normalized(G.project_points(cam, K_crop), size)
+        return G.crop_to_normalized(G.project_points(cam, K_crop), size)
 
     def forward(self, inputs: dict[str, Tensor]) -> dict:
         """Returns, for the last iteration, ``R (B, 3, 3)``, ``t (B, 3)`` m, ``vertices (B, 1220, 3)`` head frame m,
@@ -255,7 +245,7 @@ class TRG(nn.Module):
             for k, v in zip(out, (R, t, V, c, points)):
                 out[k].append(v)
 
-        crop_px = normalized_to_crop(heatmap_landmarks, S)
+        crop_px = G.normalized_to_crop(heatmap_landmarks, S)
         landmarks_2d = G.apply_transform_2d(torch.linalg.inv(inputs["A"].to(dtype)), crop_px)
         out.update(R=R, t=t, vertices=V, landmarks_2d=landmarks_2d, heatmap_landmarks=heatmap_landmarks)
         # For the loss: the crop map A (full image -> crop px) and the crop side S, so the 2D landmark labels
