@@ -9,7 +9,11 @@ A **sample** is a plain dict produced by a dataset's ``__getitem__``:
   ``K (3, 3)`` intrinsics of ``image``; ``R (3, 3)`` head-to-camera rotation; ``t (3,)`` head centre in the
   camera frame, metres; ``landmarks_2d (68, 2)`` pixels; ``landmarks_3d (68, 3)`` image-space 3D landmarks
   (x, y pixels, z relative depth in pixels, see ``geometry.depth_relative_points``); ``vertices (N, 3)``
-  dense head-frame vertices in metres; ``shape_params (50,)`` (40 identity + 10 expression, BFM 68 model).
+  dense head-frame vertices in metres; ``shape_params (50,)`` (40 identity + 10 expression, BFM 68 model);
+  ``head_2d (3,)`` orthographic head position and size, OpNet's ``coord``: x, y (pixels) and size (pixels per
+  unit of the BFM 68 model, so ``landmarks_3d ~ R @ local * size + (x, y, 0)``); ``K_fallback (3, 3)`` the
+  intrinsics *assumed* for an image whose dataset has none (``geometry.fallback_intrinsics`` of the original
+  image, carried through any crop) -- a model may use it, a metric must not treat it as a label.
 
 All frames follow docs/conventions.md. A **batch** (``collate``) holds ``image (B, 3, H, W) uint8``, one
 float32 tensor per field (zeros where absent), a ``has_<field>`` bool tensor ``(B,)`` per field,
@@ -42,6 +46,8 @@ FIELDS: tuple[Field, ...] = (
     Field("landmarks_3d", (NUM_LANDMARKS, 3), "68 landmarks, image space (x, y px; z px relative depth)"),
     Field("vertices", (None, 3), "dense head-frame vertices, metres"),
     Field("shape_params", (NUM_SHAPE_PARAMS,), "40 identity + 10 expression BFM coefficients"),
+    Field("head_2d", (3,), "orthographic head centre x, y and size, pixels (OpNet coord)"),
+    Field("K_fallback", (3, 3), "assumed intrinsics of an image without K (f = W + H of the original image)"),
 )
 FIELD_NAMES = tuple(f.name for f in FIELDS)
 _BY_NAME = {f.name: f for f in FIELDS}

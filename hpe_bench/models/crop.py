@@ -51,10 +51,13 @@ class CropInput(nn.Module):
         return 1 if self.grayscale else 3
 
     def full_intrinsics(self, batch: Mapping[str, Any]) -> Tensor:
-        """``K (B, 3, 3)`` of the full images, with the fallback intrinsics where a sample has none."""
+        """``K (B, 3, 3)`` of the full images. Where a sample has no K: its ``K_fallback`` (the fallback of the
+        original image, carried through dataset-side crops) if present, else the fallback of this image."""
         img = batch["image"]
         B, _, H, W = img.shape
         fallback = G.fallback_intrinsics(W, H).to(batch["K"]).expand(B, 3, 3)
+        if "K_fallback" in batch:
+            fallback = torch.where(batch["has_K_fallback"].view(B, 1, 1), batch["K_fallback"], fallback)
         return torch.where(batch["has_K"].view(B, 1, 1), batch["K"], fallback)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
