@@ -77,7 +77,8 @@ def run(cfg: DictConfig) -> float | None:
 
     datamodule = instantiate(cfg.data)
     euler_rule = cfg.get("euler_rule") or datamodule.euler_rule
-    module = instantiate(cfg.model, loss=instantiate(cfg.loss) if cfg.get("loss") else None, euler_rule=euler_rule)
+    module = instantiate(cfg.model, loss=instantiate(cfg.loss) if cfg.get("loss") else None,
+                         augment=instantiate(cfg.augment) if cfg.get("augment") else None, euler_rule=euler_rule)
     trainer = instantiate(cfg.trainer, logger=build_list(cfg.get("logger")) or False,
                           callbacks=build_list(cfg.get("callbacks")), default_root_dir=str(out))
     for lg in trainer.loggers:

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["data", "model", "loss", "trainer", "logger", "callbacks", "experiment", "paths"]
+GROUPS = ["data", "model", "loss", "augment", "trainer", "logger", "callbacks", "experiment", "paths"]
 
 
 def options(group: str) -> list[str]:
