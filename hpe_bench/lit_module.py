@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from . import geometry as G
 from .metrics import build_metrics, compute_flat, per_sample_errors
 from .outputs import prediction_columns
+from .schedules import global_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,25 @@ class HeadPoseModule(L.LightningModule):
             argument, if it has one, is filled from the trainer.
         augment: optional on-device augmentation ``forward(batch) -> batch`` applied in training.
         euler_rule: per-axis reporting rule (set by the run from the data protocol when None).
+        grad_clip_max_norm, grad_clip_norm_type: optional gradient clipping by
+            ``torch.nn.utils.clip_grad_norm_`` with any norm (OpNet's code: 0.1 with ``inf``); Lightning's
+            ``gradient_clip_val`` only offers the 2-norm and value clipping. Mutually exclusive with it.
+        callbacks: Lightning callbacks that belong to the recipe (e.g. OpNet's sample-counted SWA),
+            added to the trainer's through ``configure_callbacks``.
+
+    A scheduler factory may also take ``samples_per_step`` (the global batch: per-process batch size x
+    processes x gradient accumulation), filled here, so schedules can be counted in samples.
     """
 
     def __init__(self, net: nn.Module, crop: nn.Module, loss: nn.Module | None = None,
                  optimizer: Callable | None = None, scheduler: Callable | None = None,
-                 augment: nn.Module | None = None, euler_rule: str | None = None):
+                 augment: nn.Module | None = None, euler_rule: str | None = None,
+                 grad_clip_max_norm: float | None = None, grad_clip_norm_type: float | str = 2.0,
+                 callbacks: list | None = None):
         super().__init__()
+        self.grad_clip_max_norm = grad_clip_max_norm
+        self.grad_clip_norm_type = float(grad_clip_norm_type)  # "inf" -> math.inf
+        self.recipe_callbacks = list(callbacks or [])
         self.net, self.crop, self.loss_fn, self.augment = net, crop, loss, augment
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3)
         self.scheduler_factory = scheduler
@@ -147,7 +161,23 @@ class HeadPoseModule(L.LightningModule):
             return optimizer
         kwargs = {}
         target = getattr(self.scheduler_factory, "func", self.scheduler_factory)
-        if "total_steps" in inspect.signature(target).parameters:
+        params = inspect.signature(target).parameters
+        if "total_steps" in params:
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if "samples_per_step" in params:
+            kwargs["samples_per_step"] = global_batch_size(self.trainer)
         scheduler = self.scheduler_factory(optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.grad_clip_max_norm is None:
+            self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                                gradient_clip_algorithm=gradient_clip_algorithm)
+            return
+        if gradient_clip_val:
+            raise ValueError("set either trainer.gradient_clip_val or model.grad_clip_max_norm, not both")
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, self.grad_clip_max_norm, norm_type=self.grad_clip_norm_type)
+
+    def configure_callbacks(self) -> list:
+        return self.recipe_callbacks

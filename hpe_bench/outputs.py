@@ -86,7 +86,11 @@ def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
 
 def prediction_columns(pred: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
                        errors: Mapping[str, torch.Tensor]) -> dict[str, list]:
-    """Per-sample columns of predictions.parquet for one batch (NaN where a value is absent)."""
+    """Per-sample columns of predictions.parquet for one batch (NaN where a value is absent).
+
+    A model adds its own columns through ``pred["per_sample"] = {name: (B,) tensor}`` (e.g. OpNet's
+    ``sigma_rot_frobenius``); names must not collide with the standard columns.
+    """
     B = len(batch["sample_id"])
     nan = torch.full((B,), float("nan"))
     cols: dict[str, list] = {"sample_id": list(batch["sample_id"]), "dataset": list(batch["dataset"])}
@@ -112,6 +116,13 @@ def prediction_columns(pred: Mapping[str, torch.Tensor], batch: Mapping[str, Any
     vector("gt", batch["t"], batch["has_t"])
     for name, v in errors.items():
         cols[name] = v.detach().float().cpu().tolist()
+    for name, v in (pred.get("per_sample") or {}).items():
+        if name in cols:
+            raise ValueError(f"pred['per_sample'] column {name!r} collides with a standard predictions.parquet column")
+        v = torch.as_tensor(v).detach().float().cpu().reshape(-1)
+        if v.numel() != B:
+            raise ValueError(f"pred['per_sample'][{name!r}] has {v.numel()} values for a batch of {B}")
+        cols[name] = v.tolist()
     return cols
 
 

@@ -59,10 +59,10 @@ def test_smoothclip_reference_values():
 
 
 def test_output_shapes_and_quaternion(train_out):
-    out = {k: v.detach() for k, v in train_out.items() if not k.startswith("_")}
+    out = {k: v.detach() for k, v in train_out.items() if not k.startswith("_") and k != "per_sample"}
     shapes = {k: tuple(v.shape) for k, v in out.items()}
     assert shapes == {
-        "quat": (2, 4), "quat_raw": (2, 4), "R": (2, 3, 3), "coord": (2, 3), "roi": (2, 4), "shape_params": (2, 50),
+        "quat": (2, 4), "quat_raw": (2, 4), "R_crop": (2, 3, 3), "coord": (2, 3), "roi": (2, 4), "shape_params": (2, 50),
         "landmarks_crop": (2, 68, 3), "rot_scale_tril": (2, 3, 3), "coord_scale_tril": (2, 3, 3),
         "roi_scale": (4,), "points_scale": (68,), "shape_scale": (50,),
     }
@@ -70,7 +70,7 @@ def test_output_shapes_and_quaternion(train_out):
     torch.testing.assert_close(q.norm(dim=-1), torch.ones(2))
     assert (q[:, 3] > 0).all()
     torch.testing.assert_close(out["quat_raw"] / out["quat_raw"].norm(dim=-1, keepdim=True), q)
-    torch.testing.assert_close(out["R"], G.quat_to_matrix(q))
+    torch.testing.assert_close(out["R_crop"], G.quat_to_matrix(q))
     assert (out["coord"][:, 2] > 0).all()
     roi = out["roi"]
     assert (roi[:, 2:] > roi[:, :2]).all()
@@ -79,7 +79,7 @@ def test_output_shapes_and_quaternion(train_out):
 
 
 def test_landmarks_consistent_with_pose(train_out):
-    out = {k: v.detach() for k, v in train_out.items() if not k.startswith("_")}
+    out = {k: v.detach() for k, v in train_out.items() if not k.startswith("_") and k != "per_sample"}
     expected = pose_landmarks(out["quat"], out["coord"], out["shape_params"])
     torch.testing.assert_close(out["landmarks_crop"], expected, atol=1e-5, rtol=1e-5)
 
@@ -147,7 +147,7 @@ def test_no_landmarks_variant():
     with torch.no_grad():
         out = model(_image(2))
     assert LANDMARK_KEYS.isdisjoint(out)
-    assert {"quat", "R", "coord", "roi", "rot_scale_tril", "coord_scale_tril", "roi_scale"} <= set(out)
+    assert {"quat", "R_crop", "coord", "roi", "rot_scale_tril", "coord_scale_tril", "roi_scale"} <= set(out)
 
 
 def test_dropout_option():
@@ -156,7 +156,7 @@ def test_dropout_option():
 
 
 def test_gradients_reach_backbone(mobilenet, train_out):
-    loss = sum(v.square().mean() for k, v in train_out.items() if not k.startswith("_"))
+    loss = sum(v.square().mean() for k, v in train_out.items() if not k.startswith("_") and k != "per_sample")
     loss.backward()
     stem_grad = mobilenet.backbone.stem[0].weight.grad
     assert stem_grad is not None and stem_grad.abs().sum() > 0

@@ -67,10 +67,10 @@ def test_output_shapes(output):
     assert output["R"].shape == (B, 3, 3) and output["t"].shape == (B, 3)
     assert output["vertices"].shape == (B, 1220, 3)
     assert output["landmarks_2d"].shape == (B, 68, 2) and output["heatmap_landmarks"].shape == (B, 68, 2)
-    for key in ("R_iters", "t_iters", "vertices_iters", "correction_iters", "sampling_points_iters"):
+    for key in ("R_iters", "t_iters", "vertices_iters", "translation_params_iters", "sampling_points_iters"):
         assert len(output[key]) == 3
     assert [p.shape[1] for p in output["sampling_points_iters"]] == [324, 305, 305]
-    assert output["correction_iters"][-1].shape == (B, 3)
+    assert output["translation_params_iters"][-1].shape == (B, 3)
     assert torch.equal(output["R"], output["R_iters"][-1]) and torch.equal(output["t"], output["t_iters"][-1])
     assert output["heatmap_landmarks"].abs().max() <= 1.0
 
@@ -179,7 +179,7 @@ def test_initial_state_with_zero_residuals():
     R0 = torch.as_tensor(face["init_rotation"]).expand(2, 3, 3)
     c0 = torch.tensor([1.0, 0.0, 0.0]).expand(2, 3)
     assert len(out["R_iters"]) == 2
-    for V, R, c, t in zip(out["vertices_iters"], out["R_iters"], out["correction_iters"], out["t_iters"]):
+    for V, R, c, t in zip(out["vertices_iters"], out["R_iters"], out["translation_params_iters"], out["t_iters"]):
         assert torch.equal(V, mean) and torch.equal(c, c0)
         assert torch.allclose(R, R0, atol=1e-5)
         assert torch.allclose(t, correction_to_translation(c0, inputs["box"], inputs["K"]))

@@ -36,12 +36,18 @@ class ShardSampler(Sampler[int]):
 
 
 class HeadPoseDataModule(L.LightningDataModule):
-    """Train/val/test datasets + loaders. ``euler_rule`` names the protocol's per-axis reporting rule."""
+    """Train/val/test datasets + loaders. ``euler_rule`` names the protocol's per-axis reporting rule.
+
+    ``root`` is documentary: data configs hold the dataset root there and their sources read ``${data.root}``.
+    A training dataset with a ``train_sampler(num_replicas, rank)`` method (``MixtureDataset``) supplies its
+    own epoch-aware sampler (a ``DistributedSampler``, so the trainer calls its ``set_epoch``).
+    """
 
     def __init__(self, train: Dataset | None = None, val: Dataset | None = None, test: Dataset | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
-                 pin_memory: bool = False, euler_rule: str = "trg", name: str = "dataset"):
+                 pin_memory: bool = False, euler_rule: str = "trg", name: str = "dataset", root: str | None = None):
         super().__init__()
+        self.root = root
         self.datasets = {"train": train, "val": val, "test": test}
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -77,7 +83,10 @@ class HeadPoseDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self._require("train")
         rank, world = self._dist()
-        sampler = DistributedSampler(ds, world, rank, shuffle=True, drop_last=True) if world > 1 else None
+        if callable(getattr(ds, "train_sampler", None)):
+            sampler = ds.train_sampler(world, rank)
+        else:
+            sampler = DistributedSampler(ds, world, rank, shuffle=True, drop_last=True) if world > 1 else None
         # The trainer sets the sampler epoch through ``set_epoch`` when it finds a DistributedSampler.
         return self._loader(ds, self.batch_size, sampler, shuffle=True, drop_last=len(ds) > self.batch_size)
 

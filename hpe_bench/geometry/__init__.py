@@ -5,5 +5,7 @@ nowhere else; other modules call these functions instead of re-deriving them.
 """
 from .camera import *  # noqa: F401,F403
 from .euler import *  # noqa: F401,F403
+from .frames import *  # noqa: F401,F403
 from .rotations import *  # noqa: F401,F403
 from .euler import wrap_degrees  # noqa: F401
+from .mirror import *  # noqa: F401,F403

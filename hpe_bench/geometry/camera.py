@@ -22,6 +22,8 @@ __all__ = [
     "transform_points", "project_points", "make_intrinsics", "intrinsics_from_fov", "fallback_intrinsics",
     "box_from_points", "square_box", "crop_transform", "crop_intrinsics", "apply_transform_2d",
     "crop_images", "ray_rotation", "depth_relative_points", "crop_to_normalized", "normalized_to_crop",
+    "similarity_transform", "similarity_scale", "similarity_camera", "similarity_pose", "apply_similarity_3d",
+    "transform_boxes",
 ]
 
 
@@ -175,3 +177,83 @@ def depth_relative_points(points_cam: Tensor, K: Tensor, t: Tensor) -> Tensor:
     return torch.cat([uv, z.unsqueeze(-1)], -1)
 
 
+
+
+# -- image similarities (augmentation) ----------------------------------------------------------------------
+# A 2D similarity or reflection of the image, x' = s Q x + b with Q orthogonal (2, 2), is exact for a pinhole
+# camera: it equals moving the camera-frame points by Q3 = blockdiag(Q, 1) (a rotation about the optical axis,
+# improper when Q is a reflection; depths Z are unchanged) and replacing K by K' = S K Q3^T. So every label can
+# follow an image warp exactly (docs/augmentation.md).
+
+
+def similarity_transform(centre_in: Tensor, centre_out: Tensor, scale: Tensor, angle: Tensor,
+                         mirror: Tensor | None = None) -> Tensor:
+    """Image similarity ``S (B, 3, 3)``: ``x' = centre_out + scale Rot(angle) F (x - centre_in)``.
+
+    ``centre_in, centre_out (B, 2)`` pixels; ``scale (B,)``; ``angle (B,)`` radians, ``Rot`` with the sign of
+    ``axis_rotation('z', angle)`` (positive = clockwise on screen, y points down); ``mirror (B,)`` bool,
+    ``F = diag(-1, 1)`` where true (a horizontal flip about ``centre_in``, applied before the rotation).
+    """
+    c, s = torch.cos(angle), torch.sin(angle)
+    fx = torch.ones_like(c) if mirror is None else 1.0 - 2.0 * mirror.to(c)
+    Q = torch.stack([c * fx, -s, s * fx, c], -1).reshape(angle.shape + (2, 2))
+    sQ = Q * scale[..., None, None]
+    b = centre_out - (sQ @ centre_in.unsqueeze(-1)).squeeze(-1)
+    S = torch.zeros(angle.shape + (3, 3), dtype=c.dtype, device=c.device)
+    S[..., :2, :2], S[..., :2, 2], S[..., 2, 2] = sQ, b, 1.0
+    return S
+
+
+def similarity_scale(S: Tensor, atol: float = 1e-4) -> Tensor:
+    """Scale ``s (B,)`` of a similarity/reflection ``S (B, 3, 3)``; ``ValueError`` if ``S`` is not one."""
+    A = S[..., :2, :2]
+    s = A.det().abs().sqrt()
+    gram = A @ A.transpose(-1, -2) / (s * s).clamp_min(1e-30)[..., None, None]
+    eye = torch.eye(2, dtype=S.dtype, device=S.device)
+    if not torch.allclose(gram, eye.expand_as(gram), atol=atol) or not torch.all(S[..., 2, :2] == 0):
+        raise ValueError("expected a 2D similarity x' = s Q x + b with Q orthogonal (no shear, no perspective)")
+    return s
+
+
+def similarity_camera(S: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
+    """Camera change equivalent to warping the image by ``S (B, 3, 3)`` -> ``(Q3 (B, 3, 3), K' (B, 3, 3))``.
+
+    ``Q3 = blockdiag(Q, 1)`` moves camera-frame points (``X' = Q3 X``, det -1 for a reflection) and
+    ``K' = S K Q3^T``, so that ``project(Q3 X, K') = S project(X, K)`` for every point. For square pixels
+    ``K'`` is again ``[[s f, 0, c'], [0, s f, c'], [0, 0, 1]]`` with ``c' = S c``; with ``fx != fy`` and a
+    rotation it acquires skew (still exact under ``project_points``).
+    """
+    s = similarity_scale(S)
+    Q3 = torch.zeros_like(S)
+    Q3[..., :2, :2] = S[..., :2, :2] / s[..., None, None]
+    Q3[..., 2, 2] = 1.0
+    return Q3, S @ K @ Q3.transpose(-1, -2)
+
+
+def similarity_pose(Q3: Tensor, R: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Pose ``(R', t')`` after the camera change ``Q3 (B, 3, 3)`` of ``similarity_camera``.
+
+    ``t' = Q3 t``. A proper ``Q3``: ``R' = Q3 R``. A reflection (det -1): the head is mirrored too
+    (head-frame ``v -> S v`` with ``S = diag(-1, 1, 1)``, left/right indices swapped), ``R' = Q3 R S``, a
+    rotation; for the plain flip ``Q3 = S`` this is ``S R S`` (``mirror_rotation``). Then
+    ``R' (S v) + t' = Q3 (R v + t)``.
+    """
+    S = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=R.dtype, device=R.device))
+    improper = (torch.linalg.det(Q3) < 0)[..., None, None]
+    QR = Q3 @ R
+    return torch.where(improper, QR @ S, QR), (Q3 @ t.unsqueeze(-1)).squeeze(-1)
+
+
+def apply_similarity_3d(S: Tensor, points: Tensor) -> Tensor:
+    """Image-space 3D points ``(B, N, 3)`` (x, y px; z px, ``depth_relative_points``) under ``S (B, 3, 3)``:
+    xy by ``S``, z scaled by ``s`` (exact: ``z_px = (Z - t_z) f / t_z`` with ``f -> s f``, ``Z`` unchanged)."""
+    xy = apply_transform_2d(S, points[..., :2])
+    return torch.cat([xy, points[..., 2:3] * similarity_scale(S)[..., None, None]], -1)
+
+
+def transform_boxes(A: Tensor, box: Tensor) -> Tensor:
+    """Axis-aligned box ``(B, 4)`` of the 4 corners of ``box (B, 4)`` mapped by ``A (B, 3, 3)``."""
+    x0, y0, x1, y1 = box.unbind(-1)
+    corners = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y0], -1),
+                           torch.stack([x1, y1], -1), torch.stack([x0, y1], -1)], -2)
+    return box_from_points(apply_transform_2d(A, corners))

@@ -9,7 +9,10 @@ Expected **prediction** keys (``hpe_bench.models.opnet``; all in OpNet's crop sp
   (Laplace b per point, shared over xyz). These four are optional together: a model built without the
   landmark head does not output them, and their terms are then left out (reported as 0).
 
-Expected **batch** keys (crop-space targets produced by the OpNet data step, taken as given here):
+Crop-space **targets**: when the prediction carries the crop (``A``, ``K``, ``has_K``, ``crop_size``, as the
+OpNet network returns them when run on ``CropInput``'s output), they are computed here from the schema
+labels of the batch by ``models.opnet_frames.opnet_targets``. Otherwise (unit tests, precomputed targets)
+the batch must already hold them:
 ``quat (B, 4)``, ``coord (B, 3)``, ``roi (B, 4)``, ``shape_params (B, 50)``, ``landmarks_crop (B, 68, 3)``,
 each with a ``has_<key> (B,)`` bool mask; optionally ``has_landmarks_crop_z (B,)`` -- where False only
 x, y of the landmarks count (2D-only datasets); when absent z counts wherever landmarks exist.
@@ -25,6 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..models.opnet_frames import opnet_targets
 from . import opnet_terms as T
 from .masking import masked_batch_mean
 
@@ -111,6 +115,8 @@ class OpNetLoss(nn.Module):
         return out
 
     def forward(self, pred: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        if "A" in pred:
+            batch = {**batch, **opnet_targets(batch, pred["A"], pred["K"], pred["has_K"], int(pred["crop_size"]))}
         raw = self.unweighted_terms(pred, batch)
         terms = {k: self.alpha[k] * raw[k] for k in self.alpha}
         terms.update({f"nll_{k}": self.beta_total * self.beta[k] * raw[f"nll_{k}"] for k in self.beta})

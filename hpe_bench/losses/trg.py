@@ -21,6 +21,10 @@ Once, on the final vertices:
   averaged over the landmarks (Eq. 6); GT = ``crop_to_normalized(apply_transform_2d(A, landmarks_2d), S)`` with
   ``A`` and ``S = crop_size`` carried in the network output. Needs ``has_landmarks_2d``.
 
+Models without some outputs (the landmark-free baseline: no ``vertices_iters``, no ``heatmap_landmarks``) get 0
+for ``head``, ``ed`` and ``landmarks``; their ``cam`` and ``img`` terms pose the GT face with the predicted (R, t)
+(``V_t = V*`` in Eq. 4), which keeps a translation loss for a model that predicts no face.
+
 Every term averages over the samples that have its labels (``masked_mean``), so a sample with only 2D
 landmarks (300W-LP-like) contributes only to ``landmarks``, and a batch without a label gives that term 0.
 Returned: every weighted term (``lambda * L``) and their sum under ``loss``.
@@ -67,7 +71,9 @@ class TRGLoss(nn.Module):
         self.weights = {"head": float(head), "cam": float(cam), "img": float(img), "rot": float(rot),
                         "ed": float(ed), "landmarks": float(landmarks)}
         self.topology = topology
-        self.register_buffer("edges", unique_edges(arkit_face()["triangles"]), persistent=False)
+        face = arkit_face()
+        self.n_vertices = len(face["mean_vertices"])  # GT face size for models that predict no face
+        self.register_buffer("edges", unique_edges(face["triangles"]), persistent=False)
 
     # -- label masks ------------------------------------------------------------------------------------
     def _vertex_labels(self, batch: Mapping[str, Any], n: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,15 +100,19 @@ class TRGLoss(nn.Module):
     # -- forward ----------------------------------------------------------------------------------------
     def forward(self, pred: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, Tensor]:
         w = self.weights
-        V_iters, R_iters, t_iters = pred["vertices_iters"], pred["R_iters"], pred["t_iters"]
-        final = V_iters[-1]
-        dev = final.device
+        R_iters, t_iters = pred["R_iters"], pred["t_iters"]
+        geometry = "vertices_iters" in pred
+        like = pred["vertices_iters"][-1] if geometry else R_iters[-1]
+        dev = like.device
         has = {k: batch[f"has_{k}"].to(dev).bool() for k in ("R", "t", "K", "landmarks_2d")}
-        V_gt, has_v = self._vertex_labels(batch, final.shape[1], final)
+        V_gt, has_v = self._vertex_labels(batch, like.shape[1] if geometry else self.n_vertices, like)
+        # Without a predicted face, the camera/image terms pose the GT face (module docstring).
+        V_iters = pred["vertices_iters"] if geometry else [V_gt] * len(R_iters)
+        final = V_iters[-1]
         R_gt, t_gt, K = batch["R"].to(final), batch["t"].to(final), batch["K"].to(final)
         has_pose = has_v & has["R"] & has["t"]
         has_img = has_pose & has["K"]
-        zero = final.sum() * 0.0  # keeps the graph for terms without labels
+        zero = like.sum() * 0.0  # keeps the graph for terms without labels
         raw = {k: zero for k in TERMS}
 
         need_cam = w["cam"] != 0 or w["img"] != 0
@@ -112,7 +122,7 @@ class TRGLoss(nn.Module):
             cam_gt_safe = torch.where(has_img.view(-1, 1, 1), cam_gt, cam_gt.new_tensor([0.0, 0.0, 1.0]))
             img_gt = G.project_points(cam_gt_safe, K)
         for weight, V, R, t in zip(iteration_weights(len(V_iters)), V_iters, R_iters, t_iters):
-            if w["head"] != 0:
+            if w["head"] != 0 and geometry:
                 raw["head"] = raw["head"] + weight * masked_mean(_l1_per_point(V, V_gt), has_v)
             if need_cam:
                 cam = G.transform_points(V, R, t)
@@ -125,12 +135,12 @@ class TRGLoss(nn.Module):
             if w["rot"] != 0:
                 rot = torch.linalg.matrix_norm(R - R_gt.to(R))
                 raw["rot"] = raw["rot"] + weight * masked_mean(rot, has["R"])
-        if w["ed"] != 0:
+        if w["ed"] != 0 and geometry:
             i, j = self.edges[:, 0], self.edges[:, 1]
             length = (final[:, i] - final[:, j]).norm(dim=-1)
             length_gt = (V_gt[:, i] - V_gt[:, j]).norm(dim=-1)
             raw["ed"] = masked_mean((length - length_gt).abs().mean(-1), has_v)
-        if w["landmarks"] != 0:
+        if w["landmarks"] != 0 and "heatmap_landmarks" in pred:
             lm = pred["heatmap_landmarks"]
             S = int(pred["crop_size"])
             lm_gt = G.crop_to_normalized(G.apply_transform_2d(pred["A"].to(lm), batch["landmarks_2d"].to(lm)), S)

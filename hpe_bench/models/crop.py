@@ -22,13 +22,16 @@ class CropInput(nn.Module):
 
     Args:
         size: output side S in pixels.
-        box_scale: the crop is ``square_box(box, box_scale)``.
+        box_scale: the crop is ``square_box(box, box_scale)``, unless the batch carries ``crop_box (B, 4)``
+            (set by the training augmentation, ``hpe_bench.augment``): then exactly that box is cropped, so the
+            face-box label ``box`` can stay the face box while the crop is jittered.
         grayscale: convert RGB to one channel (OpNet).
         mean, std: per-channel normalisation of the [0, 1] image (defaults: ImageNet for RGB,
             ``x - 0.5`` for grayscale, OpNet's convention).
 
     ``forward(batch)`` returns a dict:
-        ``image (B, C, S, S)`` normalised crop; ``box (B, 4)`` crop box in full-image pixels;
+        ``image (B, C, S, S)`` normalised crop (batch images: uint8 [0, 255] or float [0, 1]);
+        ``box (B, 4)`` crop box in full-image pixels;
         ``A (B, 3, 3)`` full-image -> crop pixels; ``K (B, 3, 3)`` full-image intrinsics (fallback
         ``f = W + H`` where the sample has none); ``K_crop (B, 3, 3)`` = ``A @ K``; ``has_K (B,)``;
         ``bbox_info (B, 3)`` = ``((cx_box - cx) / f, (cy_box - cy) / f, side / f)`` (TRG's I_bbox).
@@ -63,7 +66,10 @@ class CropInput(nn.Module):
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         img = batch["image"]
         img = img.float() / 255.0 if img.dtype == torch.uint8 else img
-        box = G.square_box(batch["box"].to(img), self.box_scale)
+        if "crop_box" in batch:
+            box = batch["crop_box"].to(img)
+        else:
+            box = G.square_box(batch["box"].to(img), self.box_scale)
         crop = G.crop_images(img, box, self.size)
         if self.grayscale:
             crop = KCol.rgb_to_grayscale(crop)

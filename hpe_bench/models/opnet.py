@@ -4,15 +4,17 @@ Architecture (see ``shared/reference/opnet.md``, "Model"): a backbone (the paper
 variant, or ResNet18 from timm) -> global average pool -> ONE shared ``Dropout(0.5)`` -> one linear layer per
 head, each followed by a fixed map to its quantity.
 
-Frames and units of the outputs (all *crop* quantities; nothing here knows the full image or the camera):
+Frames and units of the raw outputs (*crop* quantities):
 
 - image space of the crop normalised to ``[-1, 1]`` on both axes, x right, y down, z into the image;
-- ``R = quat_to_matrix(quat)`` rotates OpNet's head frame (the BFM68 asset frame) into that orthographic
+- ``R_crop = quat_to_matrix(quat)`` rotates OpNet's head frame (the BFM68 asset frame) into that orthographic
   crop frame; quaternions are ``(x, y, z, w)``, real part last (``hpe_bench.geometry`` convention);
 - ``coord = (x, y, size)``: head position and size in the same normalised units.
 
-Converting these raw outputs to full-image / camera-frame predictions (undoing the crop, perspective
-correction) is a later step and not done here.
+When the inputs carry the crop (``A``, ``K``, ``has_K`` from ``CropInput``), ``forward`` also returns the
+full-image / camera-frame predictions the metrics read (``R``, ``t``, ``landmarks_2d``; see
+``opnet_frames.crop_to_camera``: perspective correction and the head-size prior) and passes the crop on
+for the loss, which builds its crop-space targets from the schema labels (``opnet_frames.opnet_targets``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from .. import geometry as G
 from ..assets import bfm68
 from . import register_model
 from .backbones import create_backbone
+from .opnet_frames import crop_norm_to_full, crop_to_camera
 
 N_POINTS = 68
 N_SHAPE = 50  # 40 identity + 10 expression coefficients of BFM68
@@ -174,13 +177,16 @@ class OpNet(nn.Module):
     OpNet outputs, all in the crop's normalised orthographic image frame (see module docstring):
 
     - ``quat (B, 4)`` unit, (x, y, z, w) with w > 0; ``quat_raw (B, 4)`` before normalisation (for the norm
-      penalty); ``R (B, 3, 3) = geometry.quat_to_matrix(quat)``;
+      penalty); ``R_crop (B, 3, 3) = geometry.quat_to_matrix(quat)``;
     - ``coord (B, 3)`` (x, y, size), size > 0; ``roi (B, 4)`` (x0, y0, x1, y1);
     - ``shape_params (B, 50)``; ``landmarks_crop (B, 68, 3)`` = ``pose_landmarks(quat, coord, shape_params)``;
     - ``rot_scale_tril (B, 3, 3)`` (covariance of the so(3) error vector), ``coord_scale_tril (B, 3, 3)``;
     - ``roi_scale (4,)``, ``points_scale (68,)``, ``shape_scale (50,)``: input-independent.
 
-    Full-image / camera-frame predictions are derived from these later (undoing the crop), not here.
+    With ``A (B, 3, 3)``, ``K (B, 3, 3)``, ``has_K (B,)`` in the inputs it adds ``R (B, 3, 3)`` camera frame,
+    ``t (B, 3)`` metres, ``coord_px (B, 3)``, ``landmarks_2d (B, 68, 2)`` full-image pixels, the crop
+    (``A``, ``K``, ``has_K``, ``crop_size``) for the loss, and ``per_sample = {"sigma_rot_frobenius": (B,)}``
+    (Frobenius norm of the rotation covariance ``L L^T``, rad^2; a column of predictions.parquet).
     The uncertainty heads use BatchNorm1d, so training needs batches of more than one sample.
     """
 
@@ -230,7 +236,7 @@ class OpNet(nn.Module):
         out = {
             "quat": quat,
             "quat_raw": quat_raw,
-            "R": G.quat_to_matrix(quat),
+            "R_crop": G.quat_to_matrix(quat),
             "coord": coord,
             "roi": roi,
             "rot_scale_tril": self.rot_unc(feats),
@@ -243,4 +249,19 @@ class OpNet(nn.Module):
             out["landmarks_crop"] = pose_landmarks(quat, coord, shape_params, self.bfm_mean, self.bfm_basis)
             out["points_scale"] = self.points_scale()
             out["shape_scale"] = self.shape_scale()
+        L = out["rot_scale_tril"]
+        out["per_sample"] = {"sigma_rot_frobenius": torch.linalg.matrix_norm(L @ L.transpose(-1, -2)).detach()}
+        if "A" in inputs and "K" in inputs:
+            out.update(self.to_camera(out, inputs))
         return out
+
+    @staticmethod
+    def to_camera(out: dict[str, Tensor], inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Full-image / camera-frame predictions from the crop outputs and the crop inputs."""
+        S = int(inputs["image"].shape[-1])
+        A, K, has_K = inputs["A"], inputs["K"], inputs["has_K"]
+        cam = crop_to_camera(out["R_crop"], out["coord"], A, K, has_K, S)
+        cam.update(A=A, K=K, has_K=has_K, crop_size=S)
+        if "landmarks_crop" in out:
+            cam["landmarks_2d"] = crop_norm_to_full(out["landmarks_crop"][..., :2], A.to(out["coord"]), S)
+        return cam

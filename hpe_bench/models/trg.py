@@ -4,7 +4,13 @@ ResNet18 -> three deconv stages (12, 24, 48 maps) -> per iteration: sample point
 first, then the previous face's 305-vertex subset projected into the crop), reduce them to 5-d per point,
 and regress residuals of the dense face (1220x3, head frame), the 6D rotation and the box correction
 c = (s, dx, dy). Translation is never regressed directly: it follows from c, the box and the intrinsics
-(paper Eq. 2, supplementary Sec. 7), see ``correction_to_translation``.
+(paper Eq. 2, supplementary Sec. 7), see ``trg_parts.correction_to_translation``.
+
+The paper's ablation baselines are constructor switches (one YAML each in conf/model/trg_*.yaml, mapping in
+docs/reproducing.md): ``iterations`` / ``multiscale`` (Table 1 "w/o MS"), ``translation`` (Table 1
+T_t-prediction, Table 6 local-to-global and camera-space offset), ``sampling="grid"`` (Table 1 grid-sampled),
+``geometry=False, heatmaps=False`` (Table 1 landmark-free), ``bbox_info`` (Table 7). All switches act at
+construction; ``forward`` has no data-dependent Python control flow.
 
 Coordinates: the sampler and the heatmap landmarks use crop pixels ``x in [0, S - 1]`` mapped linearly
 onto ``[-1, 1]`` (``geometry.crop_to_normalized``), which is exactly how ``grid_sample(align_corners=True)`` reads a
@@ -13,148 +19,21 @@ feature map covering the crop (its first/last cell centres at -1/+1). All other 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import geometry as G
 from ..assets import arkit_face
 from . import register_model
 from .backbones import create_backbone
+from .trg_parts import (FACE_SIZE, TRANSLATION_RULES, FaceRegressor, PointReduction,  # noqa: F401 (re-exported)
+                        correction_to_translation, deconv_block, local_frame, params_to_translation,
+                        sample_features, soft_argmax, translation_to_correction, translation_to_params)
 
-FACE_SIZE = 0.2  # metres: the face is modelled inside a 0.2 m x 0.2 m box (paper Sec. 3.4)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Translation <-> correction (pure functions)
-# ----------------------------------------------------------------------------------------------------
-def _box_terms(box: Tensor, K: Tensor, principal: str, image_size: Tensor | None):
-    """Box side ``b (...,)``, box centre relative to the reference point ``tau (..., 2)``, ``fx, fy (...,)``."""
-    b = box[..., 2] - box[..., 0]  # the box is square (CropInput); the paper's b is its side
-    centre = (box[..., :2] + box[..., 2:]) / 2.0
-    if principal == "principal_point":
-        ref = K[..., :2, 2]
-    elif principal == "image_centre":
-        # Reference-code variant: tau relative to (W/2, H/2); exact only where c is the image centre.
-        if image_size is None:
-            raise ValueError("principal='image_centre' needs image_size (..., 2) = (W, H)")
-        ref = torch.as_tensor(image_size).to(box) / 2.0
-    else:
-        raise ValueError(f"principal must be 'principal_point' or 'image_centre', got {principal!r}")
-    return b, centre - ref, K[..., 0, 0], K[..., 1, 1]
-
-
-def correction_to_translation(c: Tensor, box: Tensor, K: Tensor, face_size: float = FACE_SIZE,
-                              principal: str = "principal_point", image_size: Tensor | None = None) -> Tensor:
-    """Head translation ``t (..., 3)`` metres from the correction ``c (..., 3) = (s, dx, dy)``.
-
-    Paper Eq. 2 with ``b`` the side of ``box (..., 4)`` (full-image px), ``tau`` the box centre relative to the
-    principal point of ``K (..., 3, 3)`` (or to the image centre ``image_size / 2``, ``(W, H)``, with
-    ``principal="image_centre"``)::
-
-        Tz = face_size s fx / b,  Tx = Tz (tau_x + b dx) / fx,  Ty = Tz (tau_y + b dy) / fy
-
-    For ``fx = fy = f`` this is exactly ``Tx = 0.2 s tau_x / b + 0.2 s dx``. Writing it through ``Tz`` keeps it
-    exact for ``fx != fy``: projecting ``t`` with ``K`` (principal-point variant) gives
-    ``u = box_cx + b dx``, ``v = box_cy + b dy``, i.e. (dx, dy) is the head centre's image offset from the box
-    centre in units of b (the paper's ``tau_face = b tau~_face``).
-
-    The result is the same for the full image (box, K) and for the crop (box (0, 0, S, S), ``A @ K``):
-    ``fx' / S = fx / b`` and ``tau' / fx' = tau / fx`` because A only scales and shifts pixels.
-    """
-    b, tau, fx, fy = _box_terms(box, K, principal, image_size)
-    s, dx, dy = c.unbind(-1)
-    tz = face_size * s * fx / b
-    return torch.stack([tz * (tau[..., 0] + b * dx) / fx, tz * (tau[..., 1] + b * dy) / fy, tz], -1)
-
-
-def translation_to_correction(t: Tensor, box: Tensor, K: Tensor, face_size: float = FACE_SIZE,
-                              principal: str = "principal_point", image_size: Tensor | None = None) -> Tensor:
-    """Exact inverse of ``correction_to_translation``: ``t (..., 3)`` metres -> ``c (..., 3) = (s, dx, dy)``.
-
-    ``s = Tz b / (face_size fx)``, ``dx = (fx Tx / Tz - tau_x) / b``, ``dy = (fy Ty / Tz - tau_y) / b``.
-    Used to build ground-truth corrections from ground-truth poses.
-    """
-    b, tau, fx, fy = _box_terms(box, K, principal, image_size)
-    tx, ty, tz = t.unbind(-1)
-    s = tz * b / (face_size * fx)
-    dx = (fx * tx / tz - tau[..., 0]) / b
-    dy = (fy * ty / tz - tau[..., 1]) / b
-    return torch.stack([s, dx, dy], -1)
-
-
-def soft_argmax(heatmaps: Tensor) -> Tensor:
-    """Heatmaps ``(B, L, H, W)`` -> expected positions ``(B, L, 2)`` (x, y) in ``[-1, 1]``.
-
-    Softmax over all H*W positions; cell centres sit on ``linspace(-1, 1)``, the align_corners=True grid.
-    """
-    B, L, H, W = heatmaps.shape
-    prob = heatmaps.flatten(2).softmax(-1).view(B, L, H, W)
-    xs = torch.linspace(-1.0, 1.0, W, dtype=heatmaps.dtype, device=heatmaps.device)
-    ys = torch.linspace(-1.0, 1.0, H, dtype=heatmaps.dtype, device=heatmaps.device)
-    return torch.stack([(prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)], -1)
-
-
-def sample_features(feature_map: Tensor, points: Tensor) -> Tensor:
-    """Bilinear point features ``(B, N, C)`` of ``feature_map (B, C, H, W)`` at ``points (B, N, 2)`` in ``[-1, 1]``.
-
-    Zero padding outside the crop; differentiable in ``points`` (the sampler passes gradients to the pose
-    and face that placed the points).
-    """
-    out = F.grid_sample(feature_map, points.unsqueeze(2), mode="bilinear", padding_mode="zeros",
-                        align_corners=True)  # (B, C, N, 1)
-    return out.squeeze(-1).transpose(1, 2)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Network pieces
-# ----------------------------------------------------------------------------------------------------
-class PointReduction(nn.Module):
-    """Per-point MLP 256 -> 128 -> 64 -> 5 (LeakyReLU; raw feature re-fed to layers 2 and 3; last ReLU).
-
-    ``forward(f (B, N, C)) -> (B, 5 N)``.
-    """
-
-    def __init__(self, channels: int = 256, dims: tuple[int, int, int] = (128, 64, 5)):
-        super().__init__()
-        self.fc1 = nn.Linear(channels, dims[0])
-        self.fc2 = nn.Linear(dims[0] + channels, dims[1])
-        self.fc3 = nn.Linear(dims[1] + channels, dims[2])
-        self.act = nn.LeakyReLU(inplace=True)
-
-    def forward(self, f: Tensor) -> Tensor:
-        h = self.act(self.fc1(f))
-        h = self.act(self.fc2(torch.cat([h, f], -1)))
-        h = F.relu(self.fc3(torch.cat([h, f], -1)))
-        return h.flatten(1)
-
-
-class FaceRegressor(nn.Module):
-    """Linear -> 1024 -> Dropout -> Linear 1024 -> Dropout (no activation, as in the reference), two heads.
-
-    ``forward(x (B, n_in)) -> (dV (B, n_vertices, 3), dpose (B, 9) = (d6D, ds, ddx, ddy))``.
-    """
-
-    def __init__(self, n_in: int, n_vertices: int = 1220, hidden: int = 1024, dropout: float = 0.5):
-        super().__init__()
-        self.n_vertices = n_vertices
-        self.trunk = nn.Sequential(nn.Linear(n_in, hidden), nn.Dropout(dropout),
-                                   nn.Linear(hidden, hidden), nn.Dropout(dropout))
-        self.vertex_head = nn.Linear(hidden, n_vertices * 3)
-        self.pose_head = nn.Linear(hidden, 9)
-        # Small heads: the first iterations start near the initial face/pose instead of far from it.
-        for head in (self.vertex_head, self.pose_head):
-            nn.init.xavier_uniform_(head.weight, gain=0.01)
-            nn.init.zeros_(head.bias)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.trunk(x)
-        return self.vertex_head(h).view(-1, self.n_vertices, 3), self.pose_head(h)
-
-
-def _deconv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+SAMPLING = ("projected", "grid")
+BBOX_INFO = {"full": 3, "no_size": 2, "none": 0}  # Table 7: I_bbox, I_bbox without b/f, no I_bbox
 
 
 @register_model("trg")
@@ -162,46 +41,78 @@ class TRG(nn.Module):
     """TRG from ``CropInput`` outputs (192x192 RGB crop, ``box``, ``K``, ``K_crop``, ``A``, ``bbox_info``).
 
     Args:
-        iterations: regression iterations (3 in the paper). Iteration i uses map ``min(i, 2)`` of the
-            12/24/48 maps when ``multiscale``, else always the 48x48 map (the "w/o MS" ablation).
+        iterations: regression iterations (3 in the paper). Iteration i samples map ``min(i, 2)`` of the
+            12/24/48 maps (phi_1..phi_3) when ``multiscale``, else always phi_1 (the 12x12 map: the paper's
+            "w/o MS" baselines "utilize only phi_1"); the heatmaps always come from the last map.
         pretrained: ImageNet ResNet18 weights when available (offline-safe fallback to random init).
-        multiscale: see ``iterations``.
         grid_size: side of the first iteration's sampling grid (18 -> 324 points).
-        face_size, principal: translation rule, see ``correction_to_translation``. ``principal="image_centre"``
-            needs ``inputs["image_size"] (B, 2) = (W, H)`` of the full images.
+        face_size, principal: translation rule constants, see ``trg_parts.correction_to_translation``.
+            ``principal="image_centre"`` needs ``inputs["image_size"] (B, 2) = (W, H)`` of the full images.
+        translation: ``"correction"`` (TRG), ``"direct"`` (T_t-prediction), ``"local_to_global"`` (img2pose-style),
+            ``"camera_offset"`` (CLIFF-style); see ``trg_parts``.
+        init_translation: initial parameters for ``translation="direct"`` (metres; default the asset's
+            ``init_translation``). The other rules start from a face filling the box: c0 = (1, 0, 0),
+            (1, 0, 0) and (0, 0, 0.4).
+        sampling: ``"projected"`` (TRG: the projected 305-vertex subset from iteration 2 on) or ``"grid"``
+            (the grid at every iteration: the grid-sampled and landmark-free baselines).
+        geometry: regress the dense face (False: the landmark-free baseline, no vertices in or out).
+        heatmaps: the 68-heatmap branch (False: no ``landmarks_2d`` / ``heatmap_landmarks`` outputs).
+        bbox_info: ``"full"`` I_bbox = (tau_x/f, tau_y/f, b/f), ``"no_size"`` without b/f, ``"none"``.
         dropout: regressor dropout.
     """
 
     def __init__(self, iterations: int = 3, pretrained: bool = False, multiscale: bool = True,
                  grid_size: int = 18, backbone: str = "resnet18", face_size: float = FACE_SIZE,
                  principal: str = "principal_point", n_landmarks: int = 68, channels: int = 256,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, translation: str = "correction",
+                 init_translation: Sequence[float] | None = None, sampling: str = "projected",
+                 geometry: bool = True, heatmaps: bool = True, bbox_info: str = "full"):
         super().__init__()
+        if translation not in TRANSLATION_RULES:
+            raise ValueError(f"model.net.translation must be one of {TRANSLATION_RULES}, got {translation!r}")
+        if sampling not in SAMPLING:
+            raise ValueError(f"model.net.sampling must be one of {SAMPLING}, got {sampling!r}")
+        if bbox_info not in BBOX_INFO:
+            raise ValueError(f"model.net.bbox_info must be one of {tuple(BBOX_INFO)}, got {bbox_info!r}")
+        if not geometry and sampling == "projected":
+            raise ValueError("model.net.sampling='projected' needs geometry=true (projected points are face "
+                             "vertices); the landmark-free baseline uses sampling='grid'")
+        if int(iterations) < 1:
+            raise ValueError(f"model.net.iterations must be >= 1, got {iterations}")
         self.iterations, self.multiscale = int(iterations), bool(multiscale)
         self.face_size, self.principal = float(face_size), principal
+        self.translation, self.sampling, self.geometry = translation, sampling, bool(geometry)
+        self.bbox_info = bbox_info
         # layer4 without pooling: 192x192 -> 512x6x6.
         self.backbone = create_backbone(backbone, pretrained=pretrained, features_only=True, out_indices=(4,))
         c4 = self.backbone.feature_info.channels()[-1]
-        self.deconvs = nn.ModuleList([_deconv(c4, channels), _deconv(channels, channels), _deconv(channels, channels)])
-        self.heatmap = nn.Conv2d(channels, n_landmarks, 1)
+        self.deconvs = nn.ModuleList([deconv_block(c4, channels), deconv_block(channels, channels),
+                                      deconv_block(channels, channels)])
+        self.heatmap = nn.Conv2d(channels, n_landmarks, 1) if heatmaps else None
 
         face = arkit_face()
         mean = torch.as_tensor(face["mean_vertices"], dtype=torch.float32)
         self.register_buffer("init_vertices", mean, persistent=False)
         self.register_buffer("init_sixd", G.matrix_to_sixd(torch.as_tensor(face["init_rotation"], dtype=torch.float32)),
                              persistent=False)
-        self.register_buffer("init_correction", torch.tensor([1.0, 0.0, 0.0]), persistent=False)
+        init_p = {"correction": (1.0, 0.0, 0.0), "camera_offset": (1.0, 0.0, 0.0),
+                  # z_n = 0.4 puts the head at Tz = 0.2 f / b, the depth of c0 = (1, 0, 0)
+                  "local_to_global": (0.0, 0.0, 0.4),
+                  "direct": tuple(init_translation) if init_translation is not None
+                  else tuple(float(v) for v in face["init_translation"])}[translation]
+        self.register_buffer("init_params", torch.tensor(init_p, dtype=torch.float32), persistent=False)
         self.register_buffer("subsample", torch.as_tensor(face["subsample_305"], dtype=torch.long), persistent=False)
         lin = torch.linspace(-1.0, 1.0, grid_size)
         gy, gx = torch.meshgrid(lin, lin, indexing="ij")
         self.register_buffer("grid", torch.stack([gx, gy], -1).view(-1, 2), persistent=False)
 
         n_sub = len(face["subsample_305"])
-        state = 3 * n_sub + 6 + 3 + 3  # previous 305 vertices, 6D rotation, correction, I_bbox
+        # previous 305 vertices (if any), 6D rotation, translation parameters, I_bbox
+        state = (3 * n_sub if self.geometry else 0) + 6 + 3 + BBOX_INFO[bbox_info]
+        n_points = [grid_size ** 2 if (i == 0 or sampling == "grid") else n_sub for i in range(self.iterations)]
         self.reducers = nn.ModuleList([PointReduction(channels) for _ in range(self.iterations)])
         self.regressors = nn.ModuleList([
-            FaceRegressor(5 * (grid_size ** 2 if i == 0 else n_sub) + state, mean.shape[0], dropout=dropout)
-            for i in range(self.iterations)])
+            FaceRegressor(5 * n + state, mean.shape[0] if self.geometry else 0, dropout=dropout) for n in n_points])
 
     def sampling_points(self, vertices: Tensor, R: Tensor, t: Tensor, K_crop: Tensor, size: int) -> Tensor:
         """The 305-vertex subset of ``vertices (B, 1220, 3)`` posed by ``R, t`` and projected with ``K_crop``,
@@ -210,49 +121,69 @@ class TRG(nn.Module):
         return G.crop_to_normalized(G.project_points(cam, K_crop), size)
 
     def forward(self, inputs: dict[str, Tensor]) -> dict:
-        """Returns, for the last iteration, ``R (B, 3, 3)``, ``t (B, 3)`` m, ``vertices (B, 1220, 3)`` head frame m,
-        ``landmarks_2d (B, 68, 2)`` full-image px; per iteration the lists ``R_iters``, ``t_iters``,
-        ``vertices_iters``, ``correction_iters (B, 3)``, ``sampling_points_iters (B, N, 2)`` (the points each
-        iteration sampled, normalised); ``heatmap_landmarks (B, 68, 2)`` normalised crop coordinates; and, for
-        the loss, ``A (B, 3, 3)`` (full image -> crop px, from the inputs) and ``crop_size`` (int S)."""
+        """Returns, for the last iteration, ``R (B, 3, 3)``, ``t (B, 3)`` m, ``vertices (B, 1220, 3)`` head frame m
+        (``geometry``), ``landmarks_2d (B, 68, 2)`` full-image px (``heatmaps``); per iteration the lists
+        ``R_iters``, ``t_iters``, ``vertices_iters`` (``geometry``), ``translation_params_iters (B, 3)`` (c for
+        the paper's rule), ``sampling_points_iters (B, N, 2)`` (the points each iteration sampled, normalised);
+        ``heatmap_landmarks (B, 68, 2)`` normalised crop coordinates (``heatmaps``); and, for the loss,
+        ``A (B, 3, 3)`` (full image -> crop px, from the inputs) and ``crop_size`` (int S)."""
         image, box, K, K_crop = inputs["image"], inputs["box"], inputs["K"], inputs["K_crop"]
         B, S = image.shape[0], image.shape[-1]
+        dtype = image.dtype
+        box, K = box.to(dtype), K.to(dtype)
         feats = [self.backbone(image)[-1]]
         for deconv in self.deconvs:
             feats.append(deconv(feats[-1]))
-        maps = feats[1:]  # 12, 24, 48
-        heatmap_landmarks = soft_argmax(self.heatmap(maps[-1]))
+        maps = feats[1:]  # phi_1..phi_3: 12, 24, 48 for a 192 crop
 
-        dtype = image.dtype
         V = self.init_vertices.to(dtype).expand(B, -1, -1)
         sixd = self.init_sixd.to(dtype).expand(B, -1)
-        c = self.init_correction.to(dtype).expand(B, -1)
-        R = G.sixd_to_matrix(sixd)
-        t = self._translation(c, box, K, inputs)
-        info = inputs["bbox_info"].to(dtype)
-        out = {k: [] for k in ("R_iters", "t_iters", "vertices_iters", "correction_iters", "sampling_points_iters")}
+        p = self.init_params.to(dtype).expand(B, -1)
+        # local_to_global: pose regressed in the crop's local camera, rotated into the camera frame by Q.
+        Q = local_frame(box, K) if self.translation == "local_to_global" else None
+        R, t = self._pose(sixd, p, box, K, Q, inputs)
+        info = inputs["bbox_info"].to(dtype)[:, :BBOX_INFO[self.bbox_info]]
+        keys = ["R_iters", "t_iters", "translation_params_iters", "sampling_points_iters"]
+        out = {k: [] for k in keys + (["vertices_iters"] if self.geometry else [])}
         for i in range(self.iterations):
-            points = self.grid.to(dtype).expand(B, -1, -1) if i == 0 else self.sampling_points(V, R, t, K_crop, S)
-            fmap = maps[min(i, len(maps) - 1)] if self.multiscale else maps[-1]
-            point_feats = self.reducers[i](sample_features(fmap, points))
-            x = torch.cat([point_feats, V[:, self.subsample].flatten(1), sixd, c, info], -1)
-            dV, dpose = self.regressors[i](x)
-            V, sixd, c = V + dV, sixd + dpose[:, :6], c + dpose[:, 6:]
+            if i == 0 or self.sampling == "grid":
+                points = self.grid.to(dtype).expand(B, -1, -1)
+            else:
+                points = self.sampling_points(V, R, t, K_crop.to(dtype), S)
+            fmap = maps[min(i, len(maps) - 1)] if self.multiscale else maps[0]
+            parts = [self.reducers[i](sample_features(fmap, points))]
+            if self.geometry:
+                parts.append(V[:, self.subsample].flatten(1))
+            dV, dpose = self.regressors[i](torch.cat(parts + [sixd, p, info], -1))
+            sixd, p = sixd + dpose[:, :6], p + dpose[:, 6:]
             # Translation from the FULL image box and K: identical to using the crop (see
             # correction_to_translation) for the principal-point rule, and the only right choice for the
             # image-centre rule, whose reference point is the full image's centre.
-            R, t = G.sixd_to_matrix(sixd), self._translation(c, box, K, inputs)
-            for k, v in zip(out, (R, t, V, c, points)):
-                out[k].append(v)
+            R, t = self._pose(sixd, p, box, K, Q, inputs)
+            out["R_iters"].append(R)
+            out["t_iters"].append(t)
+            out["translation_params_iters"].append(p)
+            out["sampling_points_iters"].append(points)
+            if self.geometry:
+                V = V + dV
+                out["vertices_iters"].append(V)
 
-        crop_px = G.normalized_to_crop(heatmap_landmarks, S)
-        landmarks_2d = G.apply_transform_2d(torch.linalg.inv(inputs["A"].to(dtype)), crop_px)
-        out.update(R=R, t=t, vertices=V, landmarks_2d=landmarks_2d, heatmap_landmarks=heatmap_landmarks)
-        # For the loss: the crop map A (full image -> crop px) and the crop side S, so the 2D landmark labels
-        # can be brought into the heatmap's normalised crop coordinates.
-        out.update(A=inputs["A"], crop_size=S)
+        out.update(R=R, t=t, A=inputs["A"], crop_size=S)
+        if self.geometry:
+            out["vertices"] = V
+        if self.heatmap is not None:
+            heatmap_landmarks = soft_argmax(self.heatmap(maps[-1]))
+            crop_px = G.normalized_to_crop(heatmap_landmarks, S)
+            out["landmarks_2d"] = G.apply_transform_2d(torch.linalg.inv(inputs["A"].to(dtype)), crop_px)
+            # For the loss: A (full image -> crop px) and S bring the 2D labels into normalised crop coordinates.
+            out["heatmap_landmarks"] = heatmap_landmarks
         return out
 
-    def _translation(self, c: Tensor, box: Tensor, K: Tensor, inputs: dict) -> Tensor:
-        return correction_to_translation(c, box.to(c), K.to(c), self.face_size, self.principal,
-                                         inputs.get("image_size"))
+    def _pose(self, sixd: Tensor, p: Tensor, box: Tensor, K: Tensor, Q: Tensor | None,
+              inputs: dict) -> tuple[Tensor, Tensor]:
+        R = G.sixd_to_matrix(sixd)
+        if Q is not None:
+            R = Q @ R
+        t = params_to_translation(self.translation, p, box, K, self.face_size, self.principal,
+                                  inputs.get("image_size"))
+        return R, t

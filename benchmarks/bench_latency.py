@@ -1,0 +1,115 @@
+"""Batch-1 CPU latency: ONNX Runtime (hpe_bench.deploy.runtime settings) vs PyTorch eager, same thread count.
+
+    python benchmarks/bench_latency.py                       # opnet, opnet_resnet18, trg; 2 threads
+    python benchmarks/bench_latency.py --models opnet --repeats 5 --runs 300
+    python benchmarks/bench_latency.py --models opnet --opnet-outputs quat,coord   # only the pose heads
+
+Each model is exported untrained from conf/ (weights do not change the cost) with ``hpe_bench.export``, then
+timed: warm-up, ``--runs`` sequential batch-1 calls, median and p90 per repeat. Over ``--repeats`` the table
+shows the MIN of the per-repeat medians/p90s: on a shared machine other load only ever adds time, so the
+smallest median is the best estimate of the unloaded latency.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from hpe_bench.deploy.runtime import make_session  # noqa: E402
+from hpe_bench.deploy.wrappers import example_inputs, export_spec  # noqa: E402
+from hpe_bench.export import build_model, compose_config, export_onnx  # noqa: E402
+
+GOAL_MS = {"opnet": 3.0}  # issue 3, section 7: MobileNet OpNet with ONNX Runtime, 2 threads
+
+
+def time_calls(fn, runs: int, warmup: int) -> np.ndarray:
+    """Milliseconds of ``runs`` sequential calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - t0
+    return times * 1e3
+
+
+def summarise(samples: list[np.ndarray]) -> dict[str, float]:
+    medians = [float(np.median(s)) for s in samples]
+    p90s = [float(np.percentile(s, 90)) for s in samples]
+    return {"median_ms": min(medians), "p90_ms": min(p90s), "medians_ms": medians}
+
+
+def bench_model(name: str, workdir: Path, args) -> list[dict]:
+    cfg = compose_config([f"model={name}"])
+    net, crop = build_model(cfg, f"conf/model/{name}.yaml")
+    net.eval()
+    n_params = sum(p.numel() for p in net.parameters())
+    outputs = args.opnet_outputs.split(",") if (args.opnet_outputs and name.startswith("opnet")) else None
+    path = workdir / f"{name}.onnx"
+    export_onnx(net, crop, path, opset=args.opset, outputs=outputs, check=False)
+    spec = export_spec(net)
+    inputs = example_inputs(crop, spec.inputs, batch_size=1, seed=1)
+    feed = {k: v.numpy() for k, v in inputs.items()}
+
+    session = make_session(path, threads=args.threads, level=args.level,
+                           optimized_model_path=workdir / f"{name}.opt.onnx" if args.save_optimized else None)
+    torch.set_num_threads(args.threads)
+    torch_inputs = dict(inputs)
+
+    def torch_call():
+        with torch.inference_mode():
+            net(torch_inputs)
+
+    rows = []
+    for runtime, fn in (("onnxruntime", lambda: session.run(None, feed)), ("pytorch eager", torch_call)):
+        samples = [time_calls(fn, args.runs, args.warmup) for _ in range(args.repeats)]
+        rows.append({"model": name, "params_M": n_params / 1e6, "runtime": runtime, "threads": args.threads,
+                     "crop": int(crop.size), **summarise(samples)})
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="opnet,opnet_resnet18,trg", help="conf/model options, comma-separated")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--level", default="all", help="ORT graph optimisation: disable | basic | extended | all")
+    p.add_argument("--opnet-outputs", default="", help="export only these OpNet outputs (e.g. quat,coord)")
+    p.add_argument("--save-optimized", action="store_true", help="also write <model>.opt.onnx (ORT's graph)")
+    p.add_argument("--workdir", default=None, help="keep the exported models here (default: a temp dir)")
+    p.add_argument("--json", default=None, help="write the rows to this JSON file")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        rows = [r for name in args.models.split(",") for r in bench_model(name, workdir, args)]
+
+    print(f"\nbatch 1, {args.threads} threads, {args.runs} runs x {args.repeats} repeats "
+          f"(min over repeats), ORT level {args.level}, opset {args.opset}")
+    print(f"{'model':<16}{'params':>8}{'crop':>6}  {'runtime':<15}{'median ms':>10}{'p90 ms':>9}  medians per repeat")
+    for r in rows:
+        goal = GOAL_MS.get(r["model"]) if r["runtime"] == "onnxruntime" else None
+        mark = f"  (goal <= {goal} ms: {'met' if r['median_ms'] <= goal else 'NOT met'})" if goal else ""
+        meds = " ".join(f"{m:.2f}" for m in r["medians_ms"])
+        print(f"{r['model']:<16}{r['params_M']:>7.2f}M{r['crop']:>6}  {r['runtime']:<15}{r['median_ms']:>10.2f}"
+              f"{r['p90_ms']:>9.2f}  {meds}{mark}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

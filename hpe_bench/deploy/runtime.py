@@ -1,0 +1,70 @@
+"""ONNX Runtime sessions set up for low-latency single-image inference, and a sidecar reader.
+
+The settings (``latency_session_options``) are what ``benchmarks/bench_latency.py`` measures: a fixed small
+thread pool for one model call (``intra_op_num_threads``), no inter-op parallelism, sequential execution and
+every graph optimisation (constant folding, Conv+BN / Conv+ReLU fusion, NCHWc layout on x86).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+          "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+def latency_session_options(threads: int = 2, level: str = "all", optimized_model_path: str | Path | None = None,
+                            spinning: bool = True) -> ort.SessionOptions:
+    """Session options for batch-1 latency.
+
+    Args:
+        threads: intra-op threads (the calling thread counts as one of them).
+        level: graph optimisation level ``disable | basic | extended | all``.
+        optimized_model_path: also write the optimised graph there (for inspection; with ``level="all"`` it
+            holds CPU-specific layout ops, so ship the portable model and let ORT optimise at load).
+        spinning: let idle pool threads spin between ops instead of sleeping (lower latency, more CPU).
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {sorted(LEVELS)}, got {level!r}")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = LEVELS[level]
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if optimized_model_path is not None:
+        so.optimized_model_filepath = str(optimized_model_path)
+    return so
+
+
+def make_session(model_path: str | Path, threads: int = 2, **options: Any) -> ort.InferenceSession:
+    """CPU ``InferenceSession`` with ``latency_session_options(threads, **options)``."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    return ort.InferenceSession(str(path), latency_session_options(threads, **options),
+                                providers=["CPUExecutionProvider"])
+
+
+def run_session(session: ort.InferenceSession, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Run with named inputs (numpy or torch, cast to float32 C-contiguous) -> named outputs."""
+    names = [i.name for i in session.get_inputs()]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise KeyError(f"missing ONNX inputs {missing}; the model takes {names}")
+    feed = {n: np.ascontiguousarray(np.asarray(inputs[n].detach().cpu() if hasattr(inputs[n], "detach") else inputs[n],
+                                               dtype=np.float32)) for n in names}
+    outs = session.run(None, feed)
+    return {o.name: v for o, v in zip(session.get_outputs(), outs)}
+
+
+def read_sidecar(model_path: str | Path) -> dict[str, Any]:
+    """The JSON written next to an exported model (``model.onnx`` -> ``model.json``)."""
+    path = Path(model_path).with_suffix(".json")
+    if not path.is_file():
+        raise FileNotFoundError(f"sidecar {path} not found next to {model_path}")
+    return json.loads(path.read_text())
