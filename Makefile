@@ -38,6 +38,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/bench_synthetic.py
+	$(PY) benchmarks/bench_loading.py
 
 table: setup
 	$(PY) -m hpe_bench.table outputs --out outputs/table.md

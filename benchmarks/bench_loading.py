@@ -6,8 +6,9 @@
 No real dataset is needed: the raw source is the embedded synthetic dataset rendered at ``--raw-size`` px
 (wrapped as a ``RawSource``), prepared into a ``PreparedDataset`` cache of 256 px working crops in a temporary
 directory. Prints: preparation records/s (one process), loader samples/s (``--workers`` DataLoader workers,
-timed after the first batch so worker start-up is excluded), ``CropInput`` samples/s (this process, CPU), and
-loader + CropInput together (what a training step waits for).
+timed after the first batch so worker start-up is excluded), the CPU time per sample of reading + decoding +
+collating in one process (independent of other load on the machine), ``CropInput`` samples/s (this process,
+CPU), and loader + CropInput together (what a training step waits for).
 """
 from __future__ import annotations
 
@@ -88,6 +89,13 @@ def main() -> None:
                     count += len(batch["sample_id"])
             return count / (time.perf_counter() - t_start)
 
+        # CPU time per sample in this process (read + JPEG decode + collate): insensitive to other load
+        t0, m = time.process_time(), min(len(ds), 512)
+        for a in range(0, m, args.batch_size):
+            collate([ds[i] for i in range(a, min(a + args.batch_size, m))])
+        cost = (time.process_time() - t0) / m
+        print(f"read + decode + collate, one process: {cost * 1e3:.2f} ms CPU/sample "
+              f"(= {1 / cost:.0f} samples/s per core)")
         print(f"loader ({args.workers} workers, batch {args.batch_size}): {run(False):.0f} samples/s")
         batch = next(iter(loader))
         with torch.no_grad():

@@ -119,7 +119,7 @@ def test_labels_and_image_equal_the_transformed_scene(name, scenes, batch_and_ma
     batch, masks = batch_and_masks
     S = _S(name, batch["box"])
     out = warp_batch(batch, S)
-    mirror = MAPS[name][4]
+    mirror = MAPS[name][2]
     perm = list(G.IBUG68_MIRROR) if mirror else list(range(68))
     for i, scene in enumerate(scenes):
         moved = _rerender(scene, S[i].numpy())
@@ -169,7 +169,7 @@ def test_mirroring_twice_is_identity(batch_and_masks):
     once = warp_batch(batch, S)
     twice = warp_batch(once, S)
     torch.testing.assert_close(once["image"], batch["image"].float().flip(-1) / 255.0, atol=1e-5, rtol=0)
-    torch.testing.assert_close(twice["image"], batch["image"].float() / 255.0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(twice["image"], batch["image"].float() / 255.0, atol=1e-5, rtol=0)
     for key in ("box", "K", "R", "t", "landmarks_2d", "landmarks_3d", "vertices", "head_2d"):
         torch.testing.assert_close(twice[key], batch[key], atol=1e-4, rtol=1e-6, msg=key)
     # shape parameters: the mirrored shape is a least-squares fit (the BFM basis is not symmetric), so twice is
@@ -194,7 +194,10 @@ def test_roi_augment_keeps_70_percent_of_the_box_and_is_reproducible():
     lo, hi = p["centre"] - p["side"][:, None] / 2, p["centre"] + p["side"][:, None] / 2
     wh = box[:, 2:] - box[:, :2]
     visible = ((torch.minimum(hi, box[:, 2:]) - torch.maximum(lo, box[:, :2])) / wh).clamp(0, 1)
-    assert visible.min() >= 0.7 - 1e-5
+    big = p["side"][:, None] >= wh  # ROI at least as wide as the box: >= 70 % of the box stays inside
+    assert big.float().mean() > 0.5 and visible[big].min() >= 0.7 - 1e-5
+    # narrower ROI (scale < w / max(w, h)): offset <= 0.3 w keeps 0.2 w + side / 2 inside
+    assert (visible >= (0.2 + 0.5 * p["side"][:, None] / wh).clamp(max=0.7) - 1e-5).all()
     scale = p["side"] / wh.amax(1)
     assert scale.min() >= 0.6 - 1e-5 and scale.max() <= 1.6 + 1e-5 and abs(scale.mean() - 1.1) < 0.01
     assert abs(p["mirror"].float().mean() - 0.5) < 0.03

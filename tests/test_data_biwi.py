@@ -7,14 +7,13 @@ import hashlib
 import cv2
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.transform import Rotation
 
 from hpe_bench import geometry as G
 from hpe_bench.data.biwi import BIWI, default_annotation, read_opal23_biwi
 from hpe_bench.data.raw import LayoutError, RecordError
 from hpe_bench.schema import validate_sample
-
-import torch
 
 # values of a real rgb.cal (sequence 12, as quoted by the HF dataset card): K, distortion, R_ext, T_ext (mm), size
 RGB_CAL = ("517.679 0 320 \n0 517.679 240.5 \n0 0 1 \n\n0 0 0 0 \n\n"

@@ -299,3 +299,19 @@ def test_bad_arguments_are_named(tmp_path):
         make(tmp_path, tmp_path, on_error="ignore")
     with pytest.raises(TypeError, match="keyword"):
         PreparedDataset(functools.partial(FakeSource, str(tmp_path)), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_worker_processes_write_the_same_cache(tmp_path):
+    root = write_fake(tmp_path / "raw", n=7)
+    pooled = PreparedDataset(functools.partial(FakeSource, root=str(root)), str(tmp_path / "a"), working_size=64,
+                             chunk_size=3, workers=2)
+    serial = PreparedDataset(functools.partial(FakeSource, root=str(root)), str(tmp_path / "b"), working_size=64,
+                             chunk_size=3)
+    assert pooled.split == "test"  # the source's default split, taken from its signature
+    pooled.prepare()
+    serial.prepare()
+    with h5py.File(pooled.path, "r") as a, h5py.File(serial.path, "r") as b:
+        for key in ("K", "box", "landmarks_2d", "has_K", "record_index"):
+            np.testing.assert_array_equal(a[key][:], b[key][:])
+        assert all(np.array_equal(x, y) for x, y in zip(a["images"][:], b["images"][:]))

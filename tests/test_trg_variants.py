@@ -21,7 +21,8 @@ from hpe_bench.schema import collate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 S = 64
-LIGHT = {"backbone": "resnet10t"}  # same code path, ~4x cheaper trunk than resnet18
+GRID = 6
+LIGHT = {"backbone": "resnet10t", "grid_size": GRID}  # same code paths, a fraction of the cost
 VARIANTS = {  # YAML -> expected net switches (everything else as conf/model/trg.yaml)
     "trg_iter1_single": {"iterations": 1, "multiscale": False},
     "trg_iter2_single": {"iterations": 2, "multiscale": False},
@@ -105,7 +106,7 @@ def test_every_variant_yaml_sets_its_switches_and_keeps_the_rest():
 def test_variant_builds_runs_and_trains(name, batch, inputs):
     """Every preset: forward shapes, and one loss backward reaching the trunk and the first regressor."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("config", overrides=[f"model={name}", "model.net.backbone=resnet10t"])
+        cfg = compose("config", overrides=[f"model={name}", "model.net.backbone=resnet10t", f"model.net.grid_size={GRID}"])
     torch.manual_seed(0)
     net = instantiate(cfg.model.net).train()
     out = net(inputs)
@@ -179,7 +180,7 @@ def test_local_to_global_rotation_is_local_frame_times_local_rotation(inputs):
 @pytest.mark.parametrize("bbox_info, fewer, ignored", [("full", 0, ()), ("no_size", 1, (2,)), ("none", 3, (0, 1, 2))])
 def test_bbox_info_ablation_input_size_and_dependence(inputs, bbox_info, fewer, ignored):
     net = _net(bbox_info=bbox_info, iterations=1, heatmaps=False)
-    n_full = 5 * 324 + 3 * 305 + 6 + 3 + 3
+    n_full = 5 * GRID ** 2 + 3 * 305 + 6 + 3 + 3
     assert net.regressors[0].trunk[0].in_features == n_full - fewer
     with torch.no_grad():
         ref = net(inputs)["translation_params_iters"][0]
@@ -195,7 +196,7 @@ def test_grid_sampled_baseline_uses_the_grid_every_iteration_without_gradient(in
     net = _net(sampling="grid", heatmaps=False)
     out = net(inputs)
     grid = out["sampling_points_iters"][0]
-    assert grid.shape == (2, 324, 2)
+    assert grid.shape == (2, GRID ** 2, 2)
     for pts in out["sampling_points_iters"]:
         assert torch.equal(pts, grid) and pts.grad_fn is None
     assert len({r.trunk[0].in_features for r in net.regressors}) == 1
@@ -205,7 +206,7 @@ def test_grid_sampled_baseline_uses_the_grid_every_iteration_without_gradient(in
 
 def test_landmark_free_has_no_geometry_and_its_loss_poses_the_gt_face(batch, inputs):
     net = _net(geometry=False, heatmaps=False, sampling="grid")
-    assert net.regressors[0].trunk[0].in_features == 5 * 324 + 6 + 3 + 3
+    assert net.regressors[0].trunk[0].in_features == 5 * GRID ** 2 + 6 + 3 + 3
     assert all(r.vertex_head is None for r in net.regressors) and net.heatmap is None
     out = net(inputs)
     assert not {"vertices", "vertices_iters", "landmarks_2d", "heatmap_landmarks"} & set(out)

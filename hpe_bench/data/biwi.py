@@ -42,7 +42,7 @@ def default_annotation() -> Path:
 def read_opal23_biwi(path: str | Path) -> pd.DataFrame:
     """Rows of an opal23 BIWI file ``#;image;tl_x;tl_y;br_x;br_y;yaw;pitch;roll;`` (degrees; the yaw sign is
     unverified, see docs/datasets.md) as a frame with ``ANNOTATION_COLUMNS``."""
-    frame = pd.read_csv(path, sep=";", comment=None, skiprows=1, header=None, usecols=range(8),
+    frame = pd.read_csv(path, sep=";", skiprows=1, header=None, usecols=range(8),
                         names=list(ANNOTATION_COLUMNS), dtype={"image": str})
     bad = frame[list(ANNOTATION_COLUMNS[1:])].isna().any(axis=1)
     if bad.any():
@@ -150,9 +150,8 @@ class BIWI(RawSource):
 
     def _check_files(self) -> None:
         """Every record's image (and what its labels need) exists: a partial download fails here, named."""
-        missing = [self._image_name(seq, frame) is None and f"{seq}/{frame}{IMAGE_SUFFIXES[0]}"
-                   for seq, frame in self.records]
-        missing = [m for m in missing if m]
+        missing = [f"{seq}/{frame}{IMAGE_SUFFIXES[0]}" for seq, frame in self.records
+                   if self._image_name(seq, frame) is None]
         needs_pose = self.protocol == "6dof" or self.rotation_labels == "pose"
         seqs = sorted({seq for seq, _ in self.records})
         for seq in seqs:

@@ -19,6 +19,7 @@ continues. The parts are merged atomically into the final file (never half-writt
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import multiprocessing as mp
@@ -209,7 +210,10 @@ class PreparedDataset(Dataset):
         self.jpeg_quality, self.on_error, self.raw = int(jpeg_quality), on_error, bool(raw)
         self.chunk_size, self.workers = max(int(chunk_size), 1), int(workers)
         self.name = str(getattr(self.cls, "name", self.cls.__name__.lower()))
-        self.split = str(self.source_settings.get("split", getattr(source, "split", "all")))
+        split = self.source_settings.get("split", getattr(source, "split", None))
+        if split is None:  # a partial without split: the source's default
+            split = inspect.signature(self.cls).parameters.get("split", inspect.Parameter("split", 1, default="all")).default
+        self.split = str(split)
         self.path = pathlib.Path(cache_dir) / self.name / f"{self.split}-{h5cache.settings_hash(self.settings)}.h5"
         self.parts_dir = self.path.with_name(self.path.stem + ".parts")
         self.skipped: list = []
@@ -218,6 +222,7 @@ class PreparedDataset(Dataset):
         self._h5: h5py.File | None = None
         self._pid: int | None = None
         self._meta: dict[str, np.ndarray] = {}
+        self._dsets: dict[str, h5py.Dataset] = {}
         self._raw_skips = 0
 
     @property
@@ -360,6 +365,8 @@ class PreparedDataset(Dataset):
             f = h5py.File(self.path, "r")
             self._meta = {k: f[k].asstr()[:] for k in STRINGS}
             self._meta.update({f"has_{fld.name}": f[f"has_{fld.name}"][:] for fld in FIELDS})
+            # dataset objects looked up once: h5py's name lookup costs as much as the read itself
+            self._dsets = {k: f[k] for k in ("images", "box") + tuple(fld.name for fld in FIELDS)}
             self._h5, self._pid = f, os.getpid()
         return self._h5
 
@@ -372,16 +379,16 @@ class PreparedDataset(Dataset):
             raise IndexError(f"{self.name} {self.split}: index {i} out of range for {n} records")
         if self.raw:
             return self._read_raw(i)
-        f = self._file()
-        meta = self._meta
+        self._file()
+        meta, dsets = self._meta, self._dsets
         sample: dict[str, Any] = {
-            "image": h5cache.decode_jpeg(f["images"][i], where=f"{self.path} images[{i}] ({meta['record_id'][i]})"),
-            "box": f["box"][i], "sample_id": meta["sample_id"][i], "dataset": meta["dataset"][i],
+            "image": h5cache.decode_jpeg(dsets["images"][i], where=f"{self.path} images[{i}] ({meta['record_id'][i]})"),
+            "box": dsets["box"][i], "sample_id": meta["sample_id"][i], "dataset": meta["dataset"][i],
             "topology": meta["topology"][i],
         }
         for fld in FIELDS:
             if meta[f"has_{fld.name}"][i]:
-                val = f[fld.name][i]
+                val = dsets[fld.name][i]
                 sample[fld.name] = val.reshape(-1, 3) if fld.name == "vertices" else val
         return sample
 
@@ -411,7 +418,7 @@ class PreparedDataset(Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_h5"] = None  # never pickle an open HDF5 handle (spawned DataLoader workers)
+        state["_h5"], state["_dsets"] = None, {}  # never pickle open HDF5 handles (spawned DataLoader workers)
         return state
 
     def __del__(self) -> None:

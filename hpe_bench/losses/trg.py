@@ -112,6 +112,8 @@ class TRGLoss(nn.Module):
         R_gt, t_gt, K = batch["R"].to(final), batch["t"].to(final), batch["K"].to(final)
         has_pose = has_v & has["R"] & has["t"]
         has_img = has_pose & has["K"]
+        # An absent K is stored as zeros: projecting with it divides 0 by 0, and NaN * 0 stays NaN in the mean.
+        K = torch.where(has_img.view(-1, 1, 1), K, torch.eye(3, dtype=K.dtype, device=K.device))
         zero = like.sum() * 0.0  # keeps the graph for terms without labels
         raw = {k: zero for k in TERMS}
 
