@@ -33,7 +33,7 @@ from .deploy.wrappers import (INPUT_DESCRIPTIONS, ExportWrapper, example_inputs,
 from .outputs import atomic_path, git_version, write_json
 
 DEFAULT_OPSET = 17  # >= 16 for GridSample (TRG); newer opsets gave no speed difference (docs/deployment.md)
-EXPORT_KEYS = ("run_dir", "ckpt", "out", "opset", "outputs", "untrained", "check", "batch")
+EXPORT_KEYS = ("run_dir", "ckpt", "out", "opset", "outputs", "untrained", "check", "batch", "dynamic_batch")
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -95,10 +95,12 @@ def load_net_weights(net: nn.Module, ckpt: Path) -> None:
 # -- export ----------------------------------------------------------------------------------------------
 def export_onnx(net: nn.Module, crop: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET,
                 outputs: Sequence[str] | None = None, batch_size: int = 2, check: bool = True,
-                source: dict[str, Any] | None = None, net_config: Any = None) -> dict[str, Any]:
+                dynamic_batch: bool = True, source: dict[str, Any] | None = None, net_config: Any = None) -> dict[str, Any]:
     """Export ``net`` (eval mode) to ``out`` and write the sidecar ``out.with_suffix('.json')``; returns it.
 
     ``outputs``: ONNX output names to keep (default: every output of the net's ``ExportSpec``).
+    ``dynamic_batch=False`` fixes the batch axis to ``batch_size``: the exporter then folds the shape
+    arithmetic of the heads into constants (fewer tiny nodes, lower batch-1 latency).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,10 +117,12 @@ def export_onnx(net: nn.Module, crop: nn.Module, out: str | Path, opset: int = D
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, tuple(example[n] for n in spec.inputs), str(tmp), dynamo=False,
                           input_names=spec.inputs, output_names=out_names, opset_version=int(opset),
-                          dynamic_axes={n: {0: "N"} for n in spec.inputs + out_names}, do_constant_folding=True)
+                          dynamic_axes={n: {0: "N"} for n in spec.inputs + out_names} if dynamic_batch else None,
+                          do_constant_folding=True)
         onnx.checker.check_model(str(tmp))
     net.eval()  # the exporter restores the wrapper's mode recursively; keep the net in eval for callers
 
+    batch_dim: Any = "N" if dynamic_batch else int(batch_size)
     sidecar: dict[str, Any] = {
         "format": "hpe_bench-onnx-sidecar/1",
         "model": spec.kind,
@@ -126,9 +130,9 @@ def export_onnx(net: nn.Module, crop: nn.Module, out: str | Path, opset: int = D
         "net_config": net_config,
         "onnx": {"file": out.name, "opset": int(opset), "exporter": "torch.onnx (TorchScript)",
                  "torch": torch.__version__, "onnx": onnx.__version__},
-        "inputs": [{"name": n, "dtype": "float32", "shape": ["N", *example[n].shape[1:]],
+        "inputs": [{"name": n, "dtype": "float32", "shape": [batch_dim, *example[n].shape[1:]],
                     "description": INPUT_DESCRIPTIONS.get(n, "")} for n in spec.inputs],
-        "outputs": [{"name": n, "net_key": key, "shape": ["N", *reference[key].shape[1:]], "description": desc}
+        "outputs": [{"name": n, "net_key": key, "shape": [batch_dim, *reference[key].shape[1:]], "description": desc}
                     for n, (key, desc) in spec.outputs.items()],
         "constants": {k: reference[k].tolist() for k in spec.constants},
         "preprocessing": preprocessing_spec(crop),
@@ -213,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "config": cfg_source, "untrained": untrained, "overrides": overrides}
     sidecar = export_onnx(net, crop, out, opset=int(opts.get("opset", DEFAULT_OPSET)), outputs=requested,
                           batch_size=int(opts.get("batch", 2)), check=_flag(opts.get("check"), True),
+                          dynamic_batch=_flag(opts.get("dynamic_batch"), True),
                           source=source, net_config=OmegaConf.to_container(cfg.model.net, resolve=True))
     print(f"wrote {out} and {out.with_suffix('.json')}")
     print("inputs: " + ", ".join(f"{i['name']} {i['shape']}" for i in sidecar["inputs"]))

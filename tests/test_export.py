@@ -191,3 +191,28 @@ def test_cli_untrained_from_config_in_subprocess(tmp_path):
     assert sidecar["source"]["untrained"] and sidecar["model"] == "direct_regression"
     assert [i["name"] for i in sidecar["inputs"]] == ["image", "bbox_info"]
     assert max(sidecar["check"]["max_abs_diff"].values()) <= TOL
+
+
+@pytest.mark.slow
+def test_cli_exports_a_real_tiny_run(tmp_path):
+    """A 2-step `python -m hpe_bench model=opnet` run, then `python -m hpe_bench.export run_dir=...`."""
+    from test_run_e2e import run_cli, run_dir
+
+    run_cli(tmp_path, "model=opnet", "model.net.backbone=mobilenetv1", "logger=none", "test=false")
+    out_dir = run_dir(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "hpe_bench.export", f"run_dir={out_dir}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = out_dir / "export" / "opnet.onnx"
+    sidecar = read_sidecar(model)
+    assert sidecar["source"]["ckpt"] == str(out_dir / "checkpoints" / "last.ckpt")
+    assert sidecar["preprocessing"]["crop_size"] == 64  # the run's model.crop.size override
+    assert max(sidecar["check"]["max_abs_diff"].values()) <= TOL
+    # the exported weights are the checkpoint's, not a fresh init
+    state = torch.load(out_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    net, crop = build_model(OmegaConf.create({"model": sidecar["net_config"] and {
+        "net": sidecar["net_config"], "crop": {**OPNET_CROP, "size": 64}}}), "test")
+    net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
+    inputs = example_inputs(crop, ["image"], batch_size=1, seed=2)
+    got = run_session(make_session(model), inputs)
+    assert np.abs(got["coord"] - net_outputs(net, inputs)["coord"].numpy()).max() <= TOL

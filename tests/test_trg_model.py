@@ -203,7 +203,7 @@ def test_parameter_count(model):
 
 @pytest.mark.parametrize("iterations", [1, 3])
 def test_single_scale_iteration_ablations_run(iterations):
-    """TRG Table 1 variants (conf/model/trg_iter*_single.yaml): every iteration samples the finest map."""
+    """TRG Table 1 variants (conf/model/trg_iter*_single.yaml): every iteration samples phi_1."""
     import numpy as np
 
     from hpe_bench.schema import collate

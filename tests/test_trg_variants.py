@@ -102,6 +102,19 @@ def test_every_variant_yaml_sets_its_switches_and_keeps_the_rest():
                 assert net[key] == switches.get(key, base[key]), (name, key)
 
 
+def test_experiment_presets_pick_one_switch_each():
+    """experiment=trg_<row>: the paper run with exactly that model or loss option (docs/reproducing.md#trg)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        for name in [*VARIANTS, "trg_no_rot", "trg_no_cam", "trg_no_landmarks", "trg", "trg_arkit"]:
+            cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+            choices = cfg.hydra.runtime.choices
+            is_loss = name in ("trg_no_rot", "trg_no_cam", "trg_no_landmarks")
+            assert choices["model"] == (name if name in VARIANTS else "trg"), name
+            assert choices["loss"] == (name if is_loss else "trg"), name
+            assert choices["augment"] == "trg" and cfg.data.batch_size == 256, name
+            assert choices["data"] == ("arkitface" if name == "trg_arkit" else "mix_trg"), name
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_variant_builds_runs_and_trains(name, batch, inputs):
     """Every preset: forward shapes, and one loss backward reaching the trunk and the first regressor."""

@@ -263,5 +263,6 @@ class OpNet(nn.Module):
         cam = crop_to_camera(out["R_crop"], out["coord"], A, K, has_K, S)
         cam.update(A=A, K=K, has_K=has_K, crop_size=S)
         if "landmarks_crop" in out:
-            cam["landmarks_2d"] = crop_norm_to_full(out["landmarks_crop"][..., :2], A.to(out["coord"]), S)
+            lm = out["landmarks_crop"][..., :2].double()
+            cam["landmarks_2d"] = crop_norm_to_full(lm, A.double(), S).to(out["coord"].dtype)
         return cam

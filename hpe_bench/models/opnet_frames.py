@@ -201,8 +201,9 @@ def crop_to_camera(R_crop: Tensor, coord: Tensor, A: Tensor, K: Tensor, has_K: T
     Returns ``R (B, 3, 3)`` (perspective-corrected where ``has_K``), ``coord_px (B, 3)`` full-image pixels and
     ``t (B, 3)`` metres (with ``K``, the fallback one where ``has_K`` is False: then only relative).
     """
-    dtype = R_crop.dtype
-    A, K, R_crop, coord = A.to(dtype), K.to(dtype), R_crop, coord
+    # float64 (never autocast to half): small 3x3 maths, and solve/inv/det need the precision.
+    out_dtype = R_crop.dtype
+    R_crop, coord, A, K = (x.to(torch.float64) for x in (R_crop, coord, A, K))
     has_K = has_K.to(device=R_crop.device, dtype=torch.bool)
     xy = crop_norm_to_full(coord[:, None, :2], A, S)[:, 0]
     size = coord[:, 2] / (crop_scale(A) * _unit(S))
@@ -210,4 +211,4 @@ def crop_to_camera(R_crop: Tensor, coord: Tensor, A: Tensor, K: Tensor, has_K: T
     R_local = crop_in_plane_rotation(A).transpose(-1, -2) @ R_crop
     R = torch.where(has_K[:, None, None], G.ray_rotation(K, xy) @ R_local, R_local)
     t = translation_from_head_coord(R, coord_px, K, unit_m, origin_m)
-    return {"R": R, "t": t, "coord_px": coord_px}
+    return {"R": R.to(out_dtype), "t": t.to(out_dtype), "coord_px": coord_px.to(out_dtype)}
