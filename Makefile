@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast bench table clean-cache help
+.PHONY: setup demo test test-fast bench table clean-cache help export bench-latency
 
 help:
 	@echo "make demo    - set up if needed, train + test the baseline on the embedded synthetic dataset"
@@ -17,6 +17,8 @@ help:
 	@echo "make bench   - benchmarks (synthetic generation speed, ...)"
 	@echo "make table   - collect outputs/**/metrics.json into outputs/table.md (mean/std over seeds)"
 	@echo "make setup   - create $(VENV) (TORCH=... picks the torch build)"
+	@echo "make export RUN=<run dir> - ONNX model + JSON sidecar into <run dir>/export/ (docs/deployment.md)"
+	@echo "make bench-latency - batch-1 CPU latency, ONNX Runtime vs PyTorch, 2 threads"
 
 setup: $(STAMP)
 
@@ -39,6 +41,14 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/bench_synthetic.py
 	$(PY) benchmarks/bench_loading.py
+
+# make export RUN=outputs/runs/<exp>/<time> [EXPORT_ARGS="out=model.onnx outputs=quat,coord"]
+export: setup
+	@test -n "$(RUN)" || (echo "usage: make export RUN=outputs/runs/<exp>/<time>" && exit 2)
+	$(PY) -m hpe_bench.export run_dir=$(RUN) $(EXPORT_ARGS)
+
+bench-latency: setup
+	$(PY) benchmarks/bench_latency.py $(BENCH_ARGS)
 
 table: setup
 	$(PY) -m hpe_bench.table outputs --out outputs/table.md

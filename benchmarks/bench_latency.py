@@ -31,22 +31,25 @@ from hpe_bench.export import build_model, compose_config, export_onnx  # noqa: E
 GOAL_MS = {"opnet": 3.0}  # issue 3, section 7: MobileNet OpNet with ONNX Runtime, 2 threads
 
 
-def time_calls(fn, runs: int, warmup: int) -> np.ndarray:
-    """Milliseconds of ``runs`` sequential calls after ``warmup`` untimed ones."""
+def time_calls(fn, runs: int, warmup: int) -> tuple[np.ndarray, float]:
+    """Wall milliseconds of ``runs`` sequential calls after ``warmup`` untimed ones, and the process CPU
+    milliseconds per call (all threads; includes pool threads spinning while they wait for work)."""
     for _ in range(warmup):
         fn()
     times = np.empty(runs)
+    cpu0 = time.process_time()
     for i in range(runs):
         t0 = time.perf_counter()
         fn()
         times[i] = time.perf_counter() - t0
-    return times * 1e3
+    return times * 1e3, (time.process_time() - cpu0) * 1e3 / runs
 
 
-def summarise(samples: list[np.ndarray]) -> dict[str, float]:
-    medians = [float(np.median(s)) for s in samples]
-    p90s = [float(np.percentile(s, 90)) for s in samples]
-    return {"median_ms": min(medians), "p90_ms": min(p90s), "medians_ms": medians}
+def summarise(samples: list[tuple[np.ndarray, float]]) -> dict[str, float]:
+    medians = [float(np.median(s)) for s, _ in samples]
+    p90s = [float(np.percentile(s, 90)) for s, _ in samples]
+    return {"median_ms": min(medians), "p90_ms": min(p90s), "cpu_ms": min(c for _, c in samples),
+            "medians_ms": medians}
 
 
 def bench_model(name: str, workdir: Path, args) -> list[dict]:
@@ -56,12 +59,13 @@ def bench_model(name: str, workdir: Path, args) -> list[dict]:
     n_params = sum(p.numel() for p in net.parameters())
     outputs = args.opnet_outputs.split(",") if (args.opnet_outputs and name.startswith("opnet")) else None
     path = workdir / f"{name}.onnx"
-    export_onnx(net, crop, path, opset=args.opset, outputs=outputs, check=False)
+    export_onnx(net, crop, path, opset=args.opset, outputs=outputs, check=False, batch_size=1,
+                dynamic_batch=not args.static_batch)
     spec = export_spec(net)
     inputs = example_inputs(crop, spec.inputs, batch_size=1, seed=1)
     feed = {k: v.numpy() for k, v in inputs.items()}
 
-    session = make_session(path, threads=args.threads, level=args.level,
+    session = make_session(path, threads=args.threads, level=args.level, spinning=not args.no_spinning,
                            optimized_model_path=workdir / f"{name}.opt.onnx" if args.save_optimized else None)
     torch.set_num_threads(args.threads)
     torch_inputs = dict(inputs)
@@ -88,25 +92,31 @@ def main() -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--level", default="all", help="ORT graph optimisation: disable | basic | extended | all")
     p.add_argument("--opnet-outputs", default="", help="export only these OpNet outputs (e.g. quat,coord)")
+    p.add_argument("--static-batch", action="store_true", help="export with the batch axis fixed to 1")
+    p.add_argument("--no-spinning", action="store_true", help="ORT pool threads sleep instead of spinning")
     p.add_argument("--save-optimized", action="store_true", help="also write <model>.opt.onnx (ORT's graph)")
     p.add_argument("--workdir", default=None, help="keep the exported models here (default: a temp dir)")
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
     args = p.parse_args()
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         rows = [r for name in args.models.split(",") for r in bench_model(name, workdir, args)]
 
-    print(f"\nbatch 1, {args.threads} threads, {args.runs} runs x {args.repeats} repeats "
-          f"(min over repeats), ORT level {args.level}, opset {args.opset}")
-    print(f"{'model':<16}{'params':>8}{'crop':>6}  {'runtime':<15}{'median ms':>10}{'p90 ms':>9}  medians per repeat")
+    load_after = os.getloadavg()
+    print(f"\nbatch 1, {args.threads} threads, {args.runs} runs x {args.repeats} repeats (min over repeats), "
+          f"ORT level {args.level}, opset {args.opset}, {'static' if args.static_batch else 'dynamic'} batch axis; "
+          f"{os.cpu_count()} CPUs, 1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    print(f"{'model':<16}{'params':>8}{'crop':>6}  {'runtime':<15}{'median ms':>10}{'p90 ms':>9}{'cpu ms':>8}"
+          "  medians per repeat")
     for r in rows:
         goal = GOAL_MS.get(r["model"]) if r["runtime"] == "onnxruntime" else None
         mark = f"  (goal <= {goal} ms: {'met' if r['median_ms'] <= goal else 'NOT met'})" if goal else ""
         meds = " ".join(f"{m:.2f}" for m in r["medians_ms"])
         print(f"{r['model']:<16}{r['params_M']:>7.2f}M{r['crop']:>6}  {r['runtime']:<15}{r['median_ms']:>10.2f}"
-              f"{r['p90_ms']:>9.2f}  {meds}{mark}")
+              f"{r['p90_ms']:>9.2f}{r['cpu_ms']:>8.2f}  {meds}{mark}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -210,9 +210,33 @@ def test_cli_exports_a_real_tiny_run(tmp_path):
     assert max(sidecar["check"]["max_abs_diff"].values()) <= TOL
     # the exported weights are the checkpoint's, not a fresh init
     state = torch.load(out_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    net, crop = build_model(OmegaConf.create({"model": sidecar["net_config"] and {
-        "net": sidecar["net_config"], "crop": {**OPNET_CROP, "size": 64}}}), "test")
+    net, crop = build_model(OmegaConf.create({"model": {"net": sidecar["net_config"],
+                                                        "crop": {**OPNET_CROP, "size": 64}}}), "test")
     net.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("net.")})
     inputs = example_inputs(crop, ["image"], batch_size=1, seed=2)
     got = run_session(make_session(model), inputs)
     assert np.abs(got["coord"] - net_outputs(net, inputs)["coord"].numpy()).max() <= TOL
+
+
+def test_numpy_crop_inputs_match_crop_input():
+    """The torch-free preprocessing of docs/deployment.md reproduces CropInput (OpNet and TRG settings)."""
+    from hpe_bench.deploy.runtime import crop_inputs
+    from hpe_bench.export import preprocessing_spec
+
+    rng = np.random.default_rng(0)
+    # smooth image: bilinear interpolation differences stay small, so a wrong pixel convention (0.5 px) shows
+    yy, xx = np.mgrid[0:240, 0:320]
+    image = np.stack([127 + 120 * np.sin(xx / 9.0 + c) * np.cos(yy / 7.0) for c in range(3)], -1).astype(np.uint8)
+    box = np.array([101.3, 52.7, 181.9, 150.2])
+    K = np.array([[400.0, 0, 150.0], [0, 410.0, 130.0], [0, 0, 1]])
+    for name in ("opnet_mobilenetv1", "trg"):
+        crop = build_model(OmegaConf.create({"model": CONFIGS[name]}), name)[1]
+        batch = {"image": torch.from_numpy(image).permute(2, 0, 1)[None], "box": torch.tensor(box[None]).float(),
+                 "K": torch.tensor(K[None]).float(), "has_K": torch.tensor([True])}
+        ref = {k: v.numpy() for k, v in crop(batch).items() if k != "has_K"}
+        got = crop_inputs(image, box, preprocessing_spec(crop), K=K)
+        for key in ("box", "A", "K", "K_crop", "bbox_info"):
+            np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-4, err_msg=f"{name} {key}")
+        assert got["image"].shape == ref["image"].shape
+        assert np.abs(got["image"] - ref["image"]).mean() < 5e-3, name
+    assert rng is not None

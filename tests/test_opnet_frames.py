@@ -167,3 +167,22 @@ def test_network_returns_camera_predictions_and_loss_builds_targets():
     full = OpNetLoss()(pred, fbatch)
     assert terms["rot"].abs() < 1e-6 and torch.isfinite(full["loss"])
     assert full["rot"].abs() < 1e-6  # the loss computed the same targets itself
+
+
+def test_model_config_input_normalisation_is_opnets():
+    """conf/model/opnet.yaml's crop gives OpNet's input (uint8 + 0.5) / 256 - 0.5 on a 129 px grayscale crop."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "opnet.yaml")
+    crop = instantiate(cfg.crop)
+    values = torch.tensor([0, 37, 128, 255], dtype=torch.uint8)
+    image = values.view(4, 1, 1, 1).expand(4, 3, 40, 40).contiguous()
+    batch = {"image": image, "box": torch.tensor([[5.0, 5.0, 30.0, 30.0]] * 4), "K": torch.zeros(4, 3, 3),
+             "has_K": torch.zeros(4, dtype=torch.bool)}
+    out = crop(batch)
+    assert out["image"].shape == (4, 1, 129, 129)
+    expected = (values.double() + 0.5) / 256 - 0.5
+    torch.testing.assert_close(out["image"][:, 0, 64, 64].double(), expected, atol=1e-5, rtol=0)

@@ -315,3 +315,16 @@ def test_worker_processes_write_the_same_cache(tmp_path):
         for key in ("K", "box", "landmarks_2d", "has_K", "record_index"):
             np.testing.assert_array_equal(a[key][:], b[key][:])
         assert all(np.array_equal(x, y) for x, y in zip(a["images"][:], b["images"][:]))
+
+
+def test_equal_length_jpegs_are_written(tmp_path):
+    """Regression: identical images give equal-length JPEG bytes, which a vlen slice assignment refuses."""
+    import h5py
+    from hpe_bench.data import h5cache
+    from hpe_bench.data.prepared import _write_rows
+    rows = [np.arange(10, dtype=np.uint8), np.arange(10, dtype=np.uint8), np.arange(7, dtype=np.uint8)]
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        h5cache.create_bytes_dataset(f, "images", 4)
+        _write_rows(f["images"], 1, rows)
+        assert [len(f["images"][i]) for i in range(4)] == [0, 10, 10, 7]
+        np.testing.assert_array_equal(f["images"][2], rows[1])

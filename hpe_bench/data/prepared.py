@@ -77,14 +77,10 @@ def source_spec(source: Callable[..., RawSource] | RawSource) -> tuple[type, dic
 
 
 def _write_rows(dset: h5py.Dataset, start: int, values: list) -> None:
-    """Write vlen rows (h5py turns a one-element object array into a 2D array, so go element-wise then)."""
-    if len(values) == 1:
-        dset[start] = values[0]
-    elif values:
-        arr = np.empty(len(values), dtype=object)
-        for j, v in enumerate(values):  # element-wise: equal-length arrays must not become a 2D array
-            arr[j] = v
-        dset[start:start + len(values)] = arr
+    """Write vlen rows one by one: h5py turns an object array of equal-length arrays (identical JPEG sizes)
+    into a 2D array and refuses it, so a slice assignment is not safe."""
+    for j, v in enumerate(values):
+        dset[start + j] = v
 
 
 def _create_layout(f: h5py.File, n: int) -> None:

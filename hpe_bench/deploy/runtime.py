@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -68,3 +68,41 @@ def read_sidecar(model_path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"sidecar {path} not found next to {model_path}")
     return json.loads(path.read_text())
+
+
+def crop_inputs(image: np.ndarray, box: Sequence[float], preprocessing: Mapping[str, Any],
+                K: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``CropInput`` in numpy + OpenCV for one image (no torch needed): every ONNX input of the exports.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB (or float in [0, 1]).
+        box: face box ``(x0, y0, x1, y1)`` in pixels (before ``box_scale``).
+        preprocessing: the sidecar's ``"preprocessing"`` entry.
+        K: ``(3, 3)`` intrinsics; default the fallback ``f = W + H``, principal point at the image centre.
+    Returns ``image (1, C, S, S)``, ``box``, ``A``, ``K``, ``K_crop`` (``(1, 3, 3)``), ``bbox_info (1, 3)``, float32.
+    cv2's bilinear weights are quantised to 1/32 px, so crops differ from the torch path by ~1e-2 at most.
+    """
+    import cv2
+
+    S = int(preprocessing["crop_size"])
+    H, W = image.shape[:2]
+    img = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    half = max(x1 - x0, y1 - y0) * float(preprocessing["box_scale"]) / 2.0
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    sq = np.array([cx - half, cy - half, cx + half, cy + half])
+    s = S / (2.0 * half)
+    A = np.array([[s, 0.0, -sq[0] * s], [0.0, s, -sq[1] * s], [0.0, 0.0, 1.0]])  # geometry.crop_transform
+    crop = cv2.warpAffine(img, A[:2], (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if preprocessing["grayscale"]:
+        crop = crop @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # kornia rgb_to_grayscale weights
+    crop = crop.reshape(S, S, -1)
+    crop = (crop - np.asarray(preprocessing["mean"], np.float32)) / np.asarray(preprocessing["std"], np.float32)
+    if K is None:
+        f = float(W + H)
+        K = np.array([[f, 0.0, W / 2.0], [0.0, f, H / 2.0], [0.0, 0.0, 1.0]])
+    K = np.asarray(K, dtype=np.float64)
+    bbox_info = np.array([(cx - K[0, 2]) / K[0, 0], (cy - K[1, 2]) / K[0, 0], 2.0 * half / K[0, 0]])
+    out = {"image": crop.transpose(2, 0, 1)[None], "box": sq[None], "A": A[None], "K": K[None],
+           "K_crop": (A @ K)[None], "bbox_info": bbox_info[None]}
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
