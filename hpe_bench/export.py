@@ -32,7 +32,7 @@ from .deploy.wrappers import (INPUT_DESCRIPTIONS, ExportWrapper, example_inputs,
                               select_outputs)
 from .outputs import atomic_path, git_version, write_json
 
-DEFAULT_OPSET = 17  # >= 16 for GridSample (TRG); newer opsets gave no speed difference (docs/deployment.md)
+DEFAULT_OPSET = 17  # >= 16 for GridSample (TRG)
 EXPORT_KEYS = ("run_dir", "ckpt", "out", "opset", "outputs", "untrained", "check", "batch", "dynamic_batch")
 USAGE = __doc__.split("\n\n")[1]
 
@@ -95,7 +95,8 @@ def load_net_weights(net: nn.Module, ckpt: Path) -> None:
 # -- export ----------------------------------------------------------------------------------------------
 def export_onnx(net: nn.Module, crop: nn.Module, out: str | Path, opset: int = DEFAULT_OPSET,
                 outputs: Sequence[str] | None = None, batch_size: int = 2, check: bool = True,
-                dynamic_batch: bool = True, source: dict[str, Any] | None = None, net_config: Any = None) -> dict[str, Any]:
+                dynamic_batch: bool = True, source: dict[str, Any] | None = None,
+                net_config: Any = None) -> dict[str, Any]:
     """Export ``net`` (eval mode) to ``out`` and write the sidecar ``out.with_suffix('.json')``; returns it.
 
     ``outputs``: ONNX output names to keep (default: every output of the net's ``ExportSpec``).
@@ -223,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print("inputs: " + ", ".join(f"{i['name']} {i['shape']}" for i in sidecar["inputs"]))
     print("outputs: " + ", ".join(f"{o['name']} {o['shape']}" for o in sidecar["outputs"]))
     if "check" in sidecar:
-        print("max |onnxruntime - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in sidecar["check"]["max_abs_diff"].items()))
+        diffs = sidecar["check"]["max_abs_diff"]
+        print("max |onnxruntime - torch|: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     return sidecar
 
 

@@ -80,7 +80,8 @@ def crop_inputs(image: np.ndarray, box: Sequence[float], preprocessing: Mapping[
         preprocessing: the sidecar's ``"preprocessing"`` entry.
         K: ``(3, 3)`` intrinsics; default the fallback ``f = W + H``, principal point at the image centre.
     Returns ``image (1, C, S, S)``, ``box``, ``A``, ``K``, ``K_crop`` (``(1, 3, 3)``), ``bbox_info (1, 3)``, float32.
-    cv2's bilinear weights are quantised to 1/32 px, so crops differ from the torch path by ~1e-2 at most.
+    On float images OpenCV's bilinear ``warpAffine`` with ``A[:2]`` matches the torch (kornia) crop to ~1e-5
+    (tests/test_export.py), since both place integer coordinates on pixel centres.
     """
     import cv2
 

@@ -47,6 +47,10 @@ BFM_ORIGIN_M = (0.0018109, -0.0231674, -0.0375693)
 """The BFM68 model origin (OpNet's head centre) in the package head frame, metres, from ``fit_bfm68_to_arkit``."""
 
 
+MIN_CROP_SIZE = 0.005
+"""Floor of the predicted size (normalised crop units) in ``crop_to_camera``."""
+
+
 def fit_bfm68_to_arkit() -> tuple[float, np.ndarray, float]:
     """Least-squares ``arkit_kp68 ~ s * bfm_mean + o`` (scale and offset only: both assets use the package
     head frame's axes). Returns ``(s metres per unit, o (3,) metres, RMS residual metres)``."""
@@ -206,7 +210,9 @@ def crop_to_camera(R_crop: Tensor, coord: Tensor, A: Tensor, K: Tensor, has_K: T
     R_crop, coord, A, K = (x.to(torch.float64) for x in (R_crop, coord, A, K))
     has_K = has_K.to(device=R_crop.device, dtype=torch.bool)
     xy = crop_norm_to_full(coord[:, None, :2], A, S)[:, 0]
-    size = coord[:, 2] / (crop_scale(A) * _unit(S))
+    # smoothclip keeps size > 0 but an untrained head can underflow it to 0 (depth inf): floor it at 0.5 % of
+    # the crop (a head radius of ~0.3 crop pixel), far below any real face, so every prediction stays finite.
+    size = coord[:, 2].clamp_min(MIN_CROP_SIZE) / (crop_scale(A) * _unit(S))
     coord_px = torch.cat([xy, size[:, None]], -1)
     R_local = crop_in_plane_rotation(A).transpose(-1, -2) @ R_crop
     R = torch.where(has_K[:, None, None], G.ray_rotation(K, xy) @ R_local, R_local)
