@@ -1,13 +1,14 @@
 """Batch-1 CPU latency: ONNX Runtime (hpe_bench.deploy.runtime settings) vs PyTorch eager, same thread count.
 
-    python benchmarks/bench_latency.py                       # opnet, opnet_resnet18, trg; 2 threads
+    python benchmarks/bench_latency.py                       # opnet, opnet_resnet18, trg, plain MobileNetV1
     python benchmarks/bench_latency.py --models opnet --repeats 5 --runs 300
     python benchmarks/bench_latency.py --models opnet --opnet-outputs quat,coord   # only the pose heads
 
 Each model is exported untrained from conf/ (weights do not change the cost) with ``hpe_bench.export``, then
 timed: warm-up, ``--runs`` sequential batch-1 calls, median and p90 per repeat. Over ``--repeats`` the table
 shows the MIN of the per-repeat medians/p90s: on a shared machine other load only ever adds time, so the
-smallest median is the best estimate of the unloaded latency.
+smallest median is the best estimate of the unloaded latency. Repeats interleave the models, and
+``plain_mobilenetv1`` (timm MobileNetV1 at 224 px, the issue's 3.9 ms reference) gives a same-conditions ratio.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from hpe_bench.deploy.wrappers import example_inputs, export_spec  # noqa: E402
 from hpe_bench.export import build_model, compose_config, export_onnx  # noqa: E402
 
 GOAL_MS = {"opnet": 3.0}  # issue 3, section 7: MobileNet OpNet with ONNX Runtime, 2 threads
+PLAIN = "plain_mobilenetv1"  # --models name of the reference network (the issue's "plain MobileNetV1")
 
 
 def time_calls(fn, runs: int, warmup: int) -> tuple[np.ndarray, float]:
@@ -52,39 +54,64 @@ def summarise(samples: list[tuple[np.ndarray, float]]) -> dict[str, float]:
             "medians_ms": medians}
 
 
-def bench_model(name: str, workdir: Path, args) -> list[dict]:
-    cfg = compose_config([f"model={name}"])
-    net, crop = build_model(cfg, f"conf/model/{name}.yaml")
-    net.eval()
-    n_params = sum(p.numel() for p in net.parameters())
-    outputs = args.opnet_outputs.split(",") if (args.opnet_outputs and name.startswith("opnet")) else None
-    path = workdir / f"{name}.onnx"
-    export_onnx(net, crop, path, opset=args.opset, outputs=outputs, check=False, batch_size=1,
-                dynamic_batch=not args.static_batch)
-    spec = export_spec(net)
-    inputs = example_inputs(crop, spec.inputs, batch_size=1, seed=1)
-    feed = {k: v.numpy() for k, v in inputs.items()}
+class PlainMobileNetV1(torch.nn.Module):
+    """Reference point: timm ``mobilenetv1_100`` (ImageNet MobileNetV1, 569 M MACs at 224 px), dict in / dict out."""
 
+    def __init__(self):
+        super().__init__()
+        import timm
+        self.model = timm.create_model("mobilenetv1_100", pretrained=False)
+
+    def forward(self, inputs):
+        return {"logits": self.model(inputs["image"])}
+
+
+def prepare(name: str, workdir: Path, args) -> dict:
+    """Export one model and return its ORT session, eager net and batch-1 inputs."""
+    if name == PLAIN:
+        net = PlainMobileNetV1().eval()
+        path = workdir / f"{name}.onnx"
+        x = torch.randn(1, 3, 224, 224)
+        torch.onnx.export(net.model, (x,), str(path), dynamo=False, input_names=["image"], output_names=["logits"],
+                          opset_version=args.opset)
+        inputs, crop_size = {"image": x}, 224
+    else:
+        cfg = compose_config([f"model={name}"])
+        net, crop = build_model(cfg, f"conf/model/{name}.yaml")
+        net.eval()
+        outputs = args.opnet_outputs.split(",") if (args.opnet_outputs and name.startswith("opnet")) else None
+        path = workdir / f"{name}.onnx"
+        export_onnx(net, crop, path, opset=args.opset, outputs=outputs, check=False, batch_size=1,
+                    dynamic_batch=not args.static_batch)
+        inputs, crop_size = example_inputs(crop, export_spec(net).inputs, batch_size=1, seed=1), int(crop.size)
     session = make_session(path, threads=args.threads, level=args.level, spinning=not args.no_spinning,
                            optimized_model_path=workdir / f"{name}.opt.onnx" if args.save_optimized else None)
-    torch.set_num_threads(args.threads)
-    torch_inputs = dict(inputs)
+    feed = {k: v.numpy() for k, v in inputs.items()}
 
     def torch_call():
         with torch.inference_mode():
-            net(torch_inputs)
+            net(inputs)
 
-    rows = []
-    for runtime, fn in (("onnxruntime", lambda: session.run(None, feed)), ("pytorch eager", torch_call)):
-        samples = [time_calls(fn, args.runs, args.warmup) for _ in range(args.repeats)]
-        rows.append({"model": name, "params_M": n_params / 1e6, "runtime": runtime, "threads": args.threads,
-                     "crop": int(crop.size), **summarise(samples)})
-    return rows
+    return {"name": name, "params_M": sum(p.numel() for p in net.parameters()) / 1e6, "crop": crop_size,
+            "calls": {"onnxruntime": lambda: session.run(None, feed), "pytorch eager": torch_call}}
+
+
+def bench(models: list[dict], args) -> list[dict]:
+    """Repeats interleave the models, so that load changes on a shared machine hit all of them alike."""
+    torch.set_num_threads(args.threads)
+    samples = {(m["name"], rt): [] for m in models for rt in m["calls"]}
+    for _ in range(args.repeats):
+        for m in models:
+            for runtime, fn in m["calls"].items():
+                samples[(m["name"], runtime)].append(time_calls(fn, args.runs, args.warmup))
+    return [{"model": m["name"], "params_M": m["params_M"], "runtime": rt, "threads": args.threads,
+             "crop": m["crop"], **summarise(samples[(m["name"], rt)])} for m in models for rt in m["calls"]]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="opnet,opnet_resnet18,trg", help="conf/model options, comma-separated")
+    p.add_argument("--models", default="opnet,opnet_resnet18,trg,plain_mobilenetv1",
+                   help=f"conf/model options, comma-separated; {PLAIN}: timm MobileNetV1 at 224 px (reference)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--warmup", type=int, default=30)
@@ -103,7 +130,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        rows = [r for name in args.models.split(",") for r in bench_model(name, workdir, args)]
+        rows = bench([prepare(name, workdir, args) for name in args.models.split(",")], args)
 
     load_after = os.getloadavg()
     print(f"\nbatch 1, {args.threads} threads, {args.runs} runs x {args.repeats} repeats (min over repeats), "

@@ -79,6 +79,9 @@ class HeadPoseModule(L.LightningModule):
 
     # -- training --------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        # The mean-pose reference is the mean of the dataset's labels, not of their augmented (rotated,
+        # mirrored) versions: accumulate before augmenting.
+        self._accumulate_mean_pose(batch)
         if self.augment is not None:
             batch = self.augment(batch)
         pred = self(batch)
@@ -86,7 +89,6 @@ class HeadPoseModule(L.LightningModule):
         B = len(batch["sample_id"])
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=B, prog_bar=False)
         self.log("train/loss_total", terms["loss"].detach(), batch_size=B, prog_bar=True)
-        self._accumulate_mean_pose(batch)
         return terms["loss"]
 
     @torch.no_grad()

@@ -22,7 +22,7 @@ from hpe_bench.schema import collate
 CONF = Path(__file__).resolve().parents[1] / "conf"
 S = 64
 GRID = 6
-LIGHT = {"backbone": "resnet10t", "grid_size": GRID}  # same code paths, a fraction of the cost
+LIGHT = {"backbone": "resnet10t", "grid_size": GRID, "hidden": 64}  # same code paths, a fraction of the cost
 VARIANTS = {  # YAML -> expected net switches (everything else as conf/model/trg.yaml)
     "trg_iter1_single": {"iterations": 1, "multiscale": False},
     "trg_iter2_single": {"iterations": 2, "multiscale": False},
@@ -115,19 +115,30 @@ def test_experiment_presets_pick_one_switch_each():
             assert choices["data"] == ("arkitface" if name == "trg_arkit" else "mix_trg"), name
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_variant_builds_runs_and_trains(name, batch, inputs):
-    """Every preset: forward shapes, and one loss backward reaching the trunk and the first regressor."""
+def test_every_variant_builds_and_runs_forward(inputs):
+    """Every preset instantiates from its YAML and gives the outputs its switches promise."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("config", overrides=[f"model={name}", "model.net.backbone=resnet10t", f"model.net.grid_size={GRID}"])
-    torch.manual_seed(0)
-    net = instantiate(cfg.model.net).train()
-    out = net(inputs)
-    n_it = VARIANTS[name].get("iterations", 3)
-    assert out["R"].shape == (2, 3, 3) and out["t"].shape == (2, 3) and len(out["t_iters"]) == n_it
-    assert ("vertices" in out) == VARIANTS[name].get("geometry", True)
-    assert ("landmarks_2d" in out) == VARIANTS[name].get("heatmaps", True)
-    terms = TRGLoss()(out, batch)
+        cfgs = {name: compose("config", overrides=[f"model={name}", "model.net.backbone=resnet10t",
+                                                   f"model.net.grid_size={GRID}", "model.net.hidden=64"])
+                for name in VARIANTS}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(0)
+        net = instantiate(cfg.model.net).eval()
+        with torch.no_grad():
+            out = net(inputs)
+        n_it = VARIANTS[name].get("iterations", 3)
+        assert out["R"].shape == (2, 3, 3) and out["t"].shape == (2, 3) and len(out["t_iters"]) == n_it, name
+        assert torch.isfinite(out["t"]).all() and torch.isfinite(out["R"]).all(), name
+        assert ("vertices" in out) == VARIANTS[name].get("geometry", True), name
+        assert ("landmarks_2d" in out) == VARIANTS[name].get("heatmaps", True), name
+
+
+@pytest.mark.parametrize("switches", [{"translation": "local_to_global"}, {"geometry": False, "heatmaps": False,
+                                                                           "sampling": "grid"}])
+def test_variant_loss_trains_trunk_and_regressor(batch, inputs, switches):
+    """One TRG loss backward reaches the trunk and the first regressor (the two variants with new loss paths)."""
+    net = _net(**switches).train()
+    terms = TRGLoss()(net(inputs), batch)
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"]) and terms["cam"] > 0 and terms["rot"] > 0
     assert next(net.backbone.parameters()).grad.abs().sum() > 0

@@ -33,15 +33,6 @@ HEAD_RADIUS_MICRON = 1e5
 HEAD_CENTRE_OFFSET = np.array([0.0, -0.26, -0.9])  # bfm68 origin in the BFM head frame, head radii
 EYE_CORNERS = (36, 39, 42, 45)
 
-# Index of each of the 68 iBUG landmarks in the mirrored face (left <-> right).
-IBUG68_MIRROR = np.array(
-    list(range(16, -1, -1))                      # jaw 0..16
-    + list(range(26, 16, -1))                    # brows 17..26
-    + [27, 28, 29, 30, 35, 34, 33, 32, 31]       # nose bridge, nostrils
-    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]  # eyes
-    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]  # outer lips
-    + [64, 63, 62, 61, 60, 67, 66, 65])          # inner lips
-
 BOX_RULES = ("landmarks", "head")
 
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .. import geometry as G
 from . import bfm_mat
 from .raw import RawSource, RecordError, read_image, require_finite
 
@@ -110,7 +111,7 @@ class W300LP(RawSource):
         require_finite({self.landmarks_2d: pts}, str(path))
         if folder.endswith("_Flip"):
             # the landmark file describes the un-flipped image: mirror it (pixel centres, docs/conventions.md)
-            pts = pts[bfm_mat.IBUG68_MIRROR] * np.array([-1.0, 1.0]) + np.array([width - 1.0, 0.0])
+            pts = pts[list(G.IBUG68_MIRROR)] * np.array([-1.0, 1.0]) + np.array([width - 1.0, 0.0])
         return pts
 
     def read(self, index: int) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class TRG(nn.Module):
         geometry: regress the dense face (False: the landmark-free baseline, no vertices in or out).
         heatmaps: the 68-heatmap branch (False: no ``landmarks_2d`` / ``heatmap_landmarks`` outputs).
         bbox_info: ``"full"`` I_bbox = (tau_x/f, tau_y/f, b/f), ``"no_size"`` without b/f, ``"none"``.
-        dropout: regressor dropout.
+        dropout, hidden: regressor dropout and width (1024 in the paper; smaller only for fast tests).
     """
 
     def __init__(self, iterations: int = 3, pretrained: bool = False, multiscale: bool = True,
@@ -66,7 +66,7 @@ class TRG(nn.Module):
                  principal: str = "principal_point", n_landmarks: int = 68, channels: int = 256,
                  dropout: float = 0.5, translation: str = "correction",
                  init_translation: Sequence[float] | None = None, sampling: str = "projected",
-                 geometry: bool = True, heatmaps: bool = True, bbox_info: str = "full"):
+                 geometry: bool = True, heatmaps: bool = True, bbox_info: str = "full", hidden: int = 1024):
         super().__init__()
         if translation not in TRANSLATION_RULES:
             raise ValueError(f"model.net.translation must be one of {TRANSLATION_RULES}, got {translation!r}")
@@ -112,7 +112,7 @@ class TRG(nn.Module):
         n_points = [grid_size ** 2 if (i == 0 or sampling == "grid") else n_sub for i in range(self.iterations)]
         self.reducers = nn.ModuleList([PointReduction(channels) for _ in range(self.iterations)])
         self.regressors = nn.ModuleList([
-            FaceRegressor(5 * n + state, mean.shape[0] if self.geometry else 0, dropout=dropout) for n in n_points])
+            FaceRegressor(5 * n + state, mean.shape[0] if self.geometry else 0, hidden, dropout) for n in n_points])
 
     def sampling_points(self, vertices: Tensor, R: Tensor, t: Tensor, K_crop: Tensor, size: int) -> Tensor:
         """The 305-vertex subset of ``vertices (B, 1220, 3)`` posed by ``R, t`` and projected with ``K_crop``,
