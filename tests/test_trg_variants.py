@@ -92,14 +92,22 @@ def _random_geometry(n, dtype=torch.float64):
 
 
 # -- configs ------------------------------------------------------------------------------------------------
-def test_every_variant_yaml_sets_its_switches_and_keeps_the_rest():
+@pytest.fixture(scope="module")
+def variant_cfgs():
+    """``model=<name>`` for trg and every variant, with the light trunk / grid / regressor width for the tests."""
+    light = ["model.net.backbone=resnet10t", f"model.net.grid_size={GRID}", "model.net.hidden=64"]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        base = compose("config", overrides=["model=trg"]).model.net
-        for name, switches in VARIANTS.items():
-            net = compose("config", overrides=[f"model={name}"]).model.net
-            assert net._target_ == "hpe_bench.models.trg.TRG", name
-            for key in base:
-                assert net[key] == switches.get(key, base[key]), (name, key)
+        return {name: compose("config", overrides=[f"model={name}", *light]) for name in ["trg", *VARIANTS]}
+
+
+def test_every_variant_yaml_sets_its_switches_and_keeps_the_rest(variant_cfgs):
+    base = variant_cfgs["trg"].model.net
+    for name, switches in VARIANTS.items():
+        net = variant_cfgs[name].model.net
+        assert net._target_ == "hpe_bench.models.trg.TRG", name
+        for key in base:
+            assert net[key] == switches.get(key, base[key]), (name, key)
+        assert variant_cfgs[name].model.crop == variant_cfgs["trg"].model.crop, name
 
 
 def test_experiment_presets_pick_one_switch_each():
@@ -115,13 +123,10 @@ def test_experiment_presets_pick_one_switch_each():
             assert choices["data"] == ("arkitface" if name == "trg_arkit" else "mix_trg"), name
 
 
-def test_every_variant_builds_and_runs_forward(inputs):
+def test_every_variant_builds_and_runs_forward(variant_cfgs, inputs):
     """Every preset instantiates from its YAML and gives the outputs its switches promise."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfgs = {name: compose("config", overrides=[f"model={name}", "model.net.backbone=resnet10t",
-                                                   f"model.net.grid_size={GRID}", "model.net.hidden=64"])
-                for name in VARIANTS}
-    for name, cfg in cfgs.items():
+    for name in VARIANTS:
+        cfg = variant_cfgs[name]
         torch.manual_seed(0)
         net = instantiate(cfg.model.net).eval()
         with torch.no_grad():
@@ -173,7 +178,8 @@ def test_camera_offset_is_metric_and_correction_offset_scales_with_s():
     d = torch.tensor([0.0, 0.03, -0.02], dtype=torch.float64)
     for s in (0.5, 2.0):
         p = torch.tensor([s, 0.1, 0.05], dtype=torch.float64).expand(8, 3)
-        shift = params_to_translation("camera_offset", p + d, box, K) - params_to_translation("camera_offset", p, box, K)
+        shift = (params_to_translation("camera_offset", p + d, box, K)
+                 - params_to_translation("camera_offset", p, box, K))
         assert torch.allclose(shift, torch.tensor([0.03, -0.02, 0.0], dtype=torch.float64).expand(8, 3), atol=1e-12)
         shift = params_to_translation("correction", p + d, box, K) - params_to_translation("correction", p, box, K)
         # Eq. 2 (fx = fy only for x): Tx changes by 0.2 s ddx
