@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = [
     "settings_hash", "check_cache", "atomic_h5", "ensure_cache", "create_bytes_dataset",
-    "encode_jpeg", "decode_jpeg", "CacheWarning",
+    "encode_jpeg", "decode_jpeg", "CacheWarning", "PerProcessHandle",
 ]
 
 
@@ -145,3 +145,34 @@ def decode_jpeg(buf: np.ndarray | bytes, where: str = "") -> np.ndarray:
     if bgr is None:
         raise ValueError(f"{where or 'image'}: cannot decode {arr.size} image bytes")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class PerProcessHandle:
+    """Mixin for datasets that read an HDF5 file opened lazily, once per process.
+
+    DataLoader workers must not share (or unpickle) the parent's handle: the subclass opens ``self._h5`` in
+    its own reader, recording ``self._pid``; this mixin closes it only in the process that opened it and
+    drops it (and any attributes listed in ``_h5_derived``, reset to empty dicts) when pickled.
+    """
+
+    _h5: "h5py.File | None" = None
+    _pid: "int | None" = None
+    _h5_derived: tuple[str, ...] = ()
+
+    def close(self) -> None:
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_h5"] = None  # never pickle open HDF5 handles (spawned DataLoader workers)
+        for key in self._h5_derived:
+            state[key] = {}
+        return state
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: h5py may already be gone
+            pass

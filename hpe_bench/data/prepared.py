@@ -178,7 +178,7 @@ def _worker_build(*args: Any) -> tuple[int, list]:
     return build_part(_WORKER_SOURCE, *args)
 
 
-class PreparedDataset(Dataset):
+class PreparedDataset(h5cache.PerProcessHandle, Dataset):
     """Schema samples (working crops) of a ``RawSource``, read from a prepared HDF5 cache (or raw files).
 
     Args:
@@ -192,6 +192,8 @@ class PreparedDataset(Dataset):
         raw: read the source on the fly (small sets; no cache).
         chunk_size: records per resumable part file; workers: preparation processes (0 = this process).
     """
+
+    _h5_derived = ("_dsets",)  # per-process dataset handles, reopened with the file
 
     def __init__(self, source: Callable[..., RawSource] | RawSource, cache_dir: str = ".cache/hpe_bench",
                  working_size: int = 256, working_scale: float = 2.0, jpeg_quality: int = 95,
@@ -406,22 +408,6 @@ class PreparedDataset(Dataset):
         return {"dataset": self.name, "split": self.split, "records": len(self),
                 "source_records": getattr(self, "num_source_records", self._n), "skipped": len(self.skipped),
                 "path": None if self.raw else str(self.path)}
-
-    def close(self) -> None:
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_h5"], state["_dsets"] = None, {}  # never pickle open HDF5 handles (spawned DataLoader workers)
-        return state
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: h5py may already be gone
-            pass
 
     def __repr__(self) -> str:
         return (f"PreparedDataset({self.cls.__name__} {self.split!r}, working {self.working_size}px x"

@@ -145,7 +145,7 @@ def _write_results(f: h5py.File, results: Iterator, n: int, desc: str) -> None:
             bar.update(len(jpegs))
 
 
-class SyntheticDataset(Dataset):
+class SyntheticDataset(h5cache.PerProcessHandle, Dataset):
     """Synthetic ARKit-face renders with full 6DoF + landmark + dense-vertex labels (schema samples).
 
     ``split`` in ``scene.SPLIT_IDS`` (train/val/test: independent random streams); ``num_samples``
@@ -216,22 +216,6 @@ class SyntheticDataset(Dataset):
         for k in LABELS:
             sample[k] = np.asarray(f[k][i], dtype=np.float32)
         return sample
-
-    def close(self) -> None:
-        if self._h5 is not None and self._pid == os.getpid():
-            self._h5.close()
-        self._h5 = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_h5"] = None  # never pickle an open HDF5 handle (spawned DataLoader workers)
-        return state
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: h5py may already be gone
-            pass
 
     def __repr__(self) -> str:
         return (f"SyntheticDataset(split={self.split!r}, num_samples={self.num_samples}, seed={self.seed}, "
