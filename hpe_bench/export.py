@@ -177,7 +177,10 @@ def parse_args(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
         key, sep, value = arg.partition("=")
         if not sep:
             raise SystemExit(f"arguments are key=value, got {arg!r}\n\n{USAGE}")
-        (opts.__setitem__(key, value) if key in EXPORT_KEYS else overrides.append(arg))
+        if key in EXPORT_KEYS:
+            opts[key] = value
+        else:
+            overrides.append(arg)
     return opts, overrides
 
 
