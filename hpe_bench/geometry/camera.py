@@ -111,8 +111,8 @@ def crop_intrinsics(K: Tensor, box: Tensor, out_size: int | tuple[int, int]) -> 
 def apply_transform_2d(A: Tensor, points: Tensor) -> Tensor:
     """Apply a 3x3 affine/homography ``A (..., 3, 3)`` to 2D points ``(..., N, 2)``."""
     p = points @ A[..., :2, :2].transpose(-1, -2) + A[..., :2, 2].unsqueeze(-2)
-    if torch.equal(A[..., 2, :2], torch.zeros_like(A[..., 2, :2])) and torch.all(A[..., 2, 2] == 1):
-        return p
+    # Always divide (w is exactly 1 for an affine A, so this is exact): no data-dependent branch, which
+    # keeps the function traceable for ONNX export.
     w = points @ A[..., 2, :2].unsqueeze(-1) + A[..., 2, 2].unsqueeze(-1).unsqueeze(-1)
     return p / w
 
