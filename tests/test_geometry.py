@@ -15,6 +15,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from hpe_bench import geometry as G
 from hpe_bench.geometry import (
     apply_transform_2d, axis_rotation, crop_images, crop_intrinsics, crop_transform, depth_relative_points,
     euler_errors, euler_to_matrix, fallback_intrinsics, geodesic_angle, intrinsics_from_fov, make_intrinsics,
@@ -587,3 +588,19 @@ def test_crop_normalisation_is_the_align_corners_grid():
     n = crop_to_normalized(px, 48)
     assert torch.allclose(n, torch.tensor([[-1.0, 1.0], [0.0, -1.0]], dtype=torch.float64))
     assert torch.allclose(normalized_to_crop(n, 48), px)
+
+
+def test_box_features_by_hand():
+    """I_bbox of a 100 px box centred at (420, 260) under f = 1000, c = (320, 240): (0.1, 0.02, 0.1)."""
+    K = G.make_intrinsics(torch.tensor(1000.0), torch.tensor(1000.0), torch.tensor(320.0), torch.tensor(240.0))
+    box = torch.tensor([370.0, 210.0, 470.0, 310.0])
+    torch.testing.assert_close(G.box_features(box, K), torch.tensor([0.1, 0.02, 0.1]))
+
+
+def test_similarity_rotation_by_hand():
+    """S = 2 * Rz(30 deg) + shift -> Q3 = Rz(30 deg) in the camera's x-y plane; a mirror gives det -1."""
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    S = torch.tensor([[[2 * c, -2 * s, 5.0], [2 * s, 2 * c, -3.0], [0.0, 0.0, 1.0]]])
+    torch.testing.assert_close(G.similarity_rotation(S), torch.tensor([[[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]]))
+    M = torch.tensor([[[-1.0, 0.0, 99.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    assert torch.linalg.det(G.similarity_rotation(M)).item() == -1.0

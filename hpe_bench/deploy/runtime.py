@@ -12,6 +12,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
+import torch
+
+from .. import geometry as G
 
 LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -72,7 +75,7 @@ def read_sidecar(model_path: str | Path) -> dict[str, Any]:
 
 def crop_inputs(image: np.ndarray, box: Sequence[float], preprocessing: Mapping[str, Any],
                 K: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """``CropInput`` in numpy + OpenCV for one image (no torch needed): every ONNX input of the exports.
+    """``CropInput`` with OpenCV for one image (no model, no kornia): every ONNX input of the exports.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB (or float in [0, 1]).
@@ -88,22 +91,18 @@ def crop_inputs(image: np.ndarray, box: Sequence[float], preprocessing: Mapping[
     S = int(preprocessing["crop_size"])
     H, W = image.shape[:2]
     img = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-    x0, y0, x1, y1 = (float(v) for v in box)
-    half = max(x1 - x0, y1 - y0) * float(preprocessing["box_scale"]) / 2.0
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    sq = np.array([cx - half, cy - half, cx + half, cy + half])
-    s = S / (2.0 * half)
-    A = np.array([[s, 0.0, -sq[0] * s], [0.0, s, -sq[1] * s], [0.0, 0.0, 1.0]])  # geometry.crop_transform
+    # Every convention (square box, crop matrix, fallback intrinsics, I_bbox) comes from hpe_bench.geometry,
+    # evaluated once in float64; only the warp and the normalisation run in numpy/OpenCV.
+    sq_t = G.square_box(torch.as_tensor(box, dtype=torch.float64), float(preprocessing["box_scale"]))
+    A_t = G.crop_transform(sq_t, S)
+    K_t = G.fallback_intrinsics(W, H, torch.float64) if K is None else torch.as_tensor(K, dtype=torch.float64)
+    sq, A, K = sq_t.numpy(), A_t.numpy(), K_t.numpy()
+    bbox_info = G.box_features(sq_t, K_t).numpy()
     crop = cv2.warpAffine(img, A[:2], (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     if preprocessing["grayscale"]:
         crop = crop @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # kornia rgb_to_grayscale weights
     crop = crop.reshape(S, S, -1)
     crop = (crop - np.asarray(preprocessing["mean"], np.float32)) / np.asarray(preprocessing["std"], np.float32)
-    if K is None:
-        f = float(W + H)
-        K = np.array([[f, 0.0, W / 2.0], [0.0, f, H / 2.0], [0.0, 0.0, 1.0]])
-    K = np.asarray(K, dtype=np.float64)
-    bbox_info = np.array([(cx - K[0, 2]) / K[0, 0], (cy - K[1, 2]) / K[0, 0], 2.0 * half / K[0, 0]])
     out = {"image": crop.transpose(2, 0, 1)[None], "box": sq[None], "A": A[None], "K": K[None],
            "K_crop": (A @ K)[None], "bbox_info": bbox_info[None]}
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}

@@ -22,8 +22,9 @@ __all__ = [
     "transform_points", "project_points", "make_intrinsics", "intrinsics_from_fov", "fallback_intrinsics",
     "box_from_points", "square_box", "crop_transform", "crop_intrinsics", "apply_transform_2d",
     "crop_images", "ray_rotation", "depth_relative_points", "crop_to_normalized", "normalized_to_crop",
-    "similarity_transform", "similarity_scale", "similarity_camera", "similarity_pose", "apply_similarity_3d",
-    "transform_boxes",
+    "similarity_transform", "similarity_scale", "similarity_rotation", "similarity_camera", "similarity_pose",
+    "apply_similarity_3d",
+    "transform_boxes", "box_features",
 ]
 
 
@@ -98,6 +99,15 @@ def crop_transform(box: Tensor, out_size: int | tuple[int, int]) -> Tensor:
     z, o = torch.zeros_like(sx), torch.ones_like(sx)
     rows = [sx, z, -box[..., 0] * sx, z, sy, -box[..., 1] * sy, z, z, o]
     return torch.stack(rows, -1).reshape(box.shape[:-1] + (3, 3))
+
+
+def box_features(box: Tensor, K: Tensor) -> Tensor:
+    """TRG's I_bbox ``(..., 3)`` = ``((cx_box - cx) / f, (cy_box - cy) / f, side / f)`` of a square crop
+    ``box (..., 4)`` (full-image px) under intrinsics ``K (..., 3, 3)`` (``f = fx``)."""
+    f = K[..., 0, 0]
+    centre = (box[..., :2] + box[..., 2:]) / 2.0
+    return torch.stack([(centre[..., 0] - K[..., 0, 2]) / f, (centre[..., 1] - K[..., 1, 2]) / f,
+                        (box[..., 2] - box[..., 0]) / f], -1)
 
 
 def crop_intrinsics(K: Tensor, box: Tensor, out_size: int | tuple[int, int]) -> Tensor:
@@ -215,6 +225,16 @@ def similarity_scale(S: Tensor, atol: float = 1e-4) -> Tensor:
     return s
 
 
+def similarity_rotation(S: Tensor) -> Tensor:
+    """``Q3 = blockdiag(Q, 1) (B, 3, 3)`` of a similarity/reflection ``S = [[s Q, b], [0, 1]]``: the camera-frame
+    rotation about the optical axis (det -1 for a reflection) that warping the image by ``S`` amounts to."""
+    s = similarity_scale(S)
+    Q3 = torch.zeros_like(S)
+    Q3[..., :2, :2] = S[..., :2, :2] / s[..., None, None]
+    Q3[..., 2, 2] = 1.0
+    return Q3
+
+
 def similarity_camera(S: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
     """Camera change equivalent to warping the image by ``S (B, 3, 3)`` -> ``(Q3 (B, 3, 3), K' (B, 3, 3))``.
 
@@ -223,10 +243,7 @@ def similarity_camera(S: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
     ``K'`` is again ``[[s f, 0, c'], [0, s f, c'], [0, 0, 1]]`` with ``c' = S c``; with ``fx != fy`` and a
     rotation it acquires skew (still exact under ``project_points``).
     """
-    s = similarity_scale(S)
-    Q3 = torch.zeros_like(S)
-    Q3[..., :2, :2] = S[..., :2, :2] / s[..., None, None]
-    Q3[..., 2, 2] = 1.0
+    Q3 = similarity_rotation(S)
     return Q3, S @ K @ Q3.transpose(-1, -2)
 
 

@@ -76,9 +76,6 @@ class CropInput(nn.Module):
         crop = (crop - self.mean) / self.std
         K = self.full_intrinsics(batch).to(img)
         A = G.crop_transform(box, self.size)
-        f = K[:, 0, 0]
-        centre = (box[:, :2] + box[:, 2:]) / 2.0
-        bbox_info = torch.stack([(centre[:, 0] - K[:, 0, 2]) / f, (centre[:, 1] - K[:, 1, 2]) / f,
-                                 (box[:, 2] - box[:, 0]) / f], -1)
+        bbox_info = G.box_features(box, K)
         return {"image": crop, "box": box, "A": A, "K": K, "K_crop": A @ K, "has_K": batch["has_K"],
                 "bbox_info": bbox_info}

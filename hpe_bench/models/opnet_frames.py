@@ -70,15 +70,14 @@ def _bfm_mean() -> Tensor:
 
 
 def crop_scale(A: Tensor) -> Tensor:
-    """``(B,)`` isotropic scale ``sqrt|det A[:2, :2]|`` of full -> crop pixel maps ``A (B, 3, 3)``."""
-    return torch.linalg.det(A[..., :2, :2]).abs().sqrt()
+    """``(B,)`` isotropic scale of full -> crop pixel maps ``A (B, 3, 3)`` (``geometry.similarity_scale``)."""
+    return G.similarity_scale(A)
 
 
 def crop_in_plane_rotation(A: Tensor) -> Tensor:
     """``(B, 3, 3)`` rotation about the camera z axis that ``A``'s linear part applies to the image
-    (identity for the axis-aligned crops of ``CropInput``). Mirrors are not supported here."""
-    alpha = torch.atan2(A[..., 1, 0], A[..., 0, 0])
-    return G.axis_rotation("z", alpha)
+    (identity for the axis-aligned crops of ``CropInput``; ``geometry.similarity_rotation``)."""
+    return G.similarity_rotation(A)
 
 
 def full_to_crop_norm(points: Tensor, A: Tensor, S: int) -> Tensor:
