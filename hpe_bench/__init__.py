@@ -1,2 +1,24 @@
 """hpe_bench: a PyTorch Lightning + Hydra benchmark suite for head pose estimation."""
+from omegaconf import OmegaConf
+
 __version__ = "0.1.0"
+
+
+def experiment_choice(*, _root_=None) -> str:
+    """``${hpe_bench.experiment:}`` (conf/config.yaml ``experiment_name``): the name of the chosen
+    ``experiment=`` preset, ``"default"`` without one.
+
+    Read from the config's own ``hydra`` node where it has one (``compose(..., return_hydra_config=True)``,
+    Hydra resolving its run directory), else from the running job's ``HydraConfig`` (the job's config has no
+    ``hydra`` node); Hydra's ``${hydra:...}`` resolver only knows the latter and has no default for "none".
+    """
+    choice = OmegaConf.select(_root_, "hydra.runtime.choices.experiment") if _root_ is not None else None
+    if choice is None:
+        from hydra.core.hydra_config import HydraConfig
+        if HydraConfig.initialized():
+            choice = HydraConfig.get().runtime.choices.get("experiment")
+    return "default" if choice is None else str(choice)
+
+
+# Registered on import of the package, which `python -m hpe_bench`, `hpe-bench` and every module import first.
+OmegaConf.register_new_resolver("hpe_bench.experiment", experiment_choice, replace=True)

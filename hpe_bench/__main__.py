@@ -1,5 +1,8 @@
-"""``python -m hpe_bench [overrides]`` / ``hpe-bench``: compose conf/config.yaml, fit, then test."""
+"""``python -m hpe_bench [overrides]`` / ``hpe-bench``: compose conf/config.yaml, fit, then test.
+
+``hpe-bench predict|score|show|import-checkpoint ...`` run the tools of those modules (their ``--help``)."""
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -13,11 +16,19 @@ CONF_DIR = os.environ.get("HPE_BENCH_CONF", str(Path(__file__).resolve().parents
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _main(cfg: DictConfig) -> float | None:
-    from hpe_bench.run import run  # imported late so --help and config errors answer fast
-    return run(cfg)
+    from hpe_bench.jobs import run_task  # imported late so --help and config errors answer fast
+    return run_task(cfg)
+
+
+# `hpe-bench <command> ...` runs a tool instead of training; anything else is Hydra overrides for a run.
+COMMANDS = {"predict": "hpe_bench.predict", "score": "hpe_bench.score", "show": "hpe_bench.show",
+            "import-checkpoint": "hpe_bench.import_checkpoint"}
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
+        import importlib
+        raise SystemExit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
     _main()
 
 

@@ -6,9 +6,9 @@
 
 The net is rebuilt from the run's resolved config (``model.net`` and ``model.crop``, Hydra ``_target_``), the
 ``net.*`` weights of the Lightning checkpoint are loaded strictly, and the eval-mode net is exported with named
-inputs/outputs and a dynamic batch axis (``hpe_bench.deploy.wrappers`` says which). ``model.json`` next to
-``model.onnx`` records the preprocessing (crop size, channels, mean/std, box_scale), the outputs, the source
-and the git version; with ``check=true`` (default) ONNX Runtime is run once and its difference to PyTorch stored.
+inputs/outputs and a dynamic batch axis (the net's own ``export_spec()`` says which: ``hpe_bench.deploy.spec``).
+``model.json`` next to ``model.onnx`` records the preprocessing (crop size, channels, mean/std, box_scale), the
+outputs, the source and the git version; with ``check=true`` (default) ONNX Runtime is run once and its difference to PyTorch stored.
 Every file is written atomically. docs/deployment.md explains the outputs and how to run them.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .deploy.onnx_ops import export_symbolics
-from .deploy.wrappers import (INPUT_DESCRIPTIONS, ExportWrapper, example_inputs, export_spec, net_outputs,
-                              select_outputs)
+from .deploy.spec import INPUT_DESCRIPTIONS
+from .deploy.wrappers import ExportWrapper, example_inputs, export_spec, net_outputs, select_outputs
 from .outputs import atomic_path, git_version, write_json
 
 DEFAULT_OPSET = 17  # >= 16 for GridSample (TRG)
@@ -107,6 +107,9 @@ def export_onnx(net: nn.Module, crop: nn.Module, out: str | Path, opset: int = D
     out.parent.mkdir(parents=True, exist_ok=True)
     net.eval()
     spec = export_spec(net)
+    if int(crop.channels) != spec.in_chans:
+        raise ValueError(f"{spec.kind} expects {spec.in_chans}-channel crops but model.crop gives {int(crop.channels)} "
+                         "(model.crop.grayscale)")
     example = example_inputs(crop, spec.inputs, batch_size)
     reference = net_outputs(net, example)
     spec = select_outputs(spec, list(reference), outputs)
@@ -117,8 +120,8 @@ def export_onnx(net: nn.Module, crop: nn.Module, out: str | Path, opset: int = D
         # is legacy, and the tracer about Python bools (batch-independent shape logic): both expected.
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, tuple(example[n] for n in spec.inputs), str(tmp), dynamo=False,
-                          input_names=spec.inputs, output_names=out_names, opset_version=int(opset),
-                          dynamic_axes={n: {0: "N"} for n in spec.inputs + out_names} if dynamic_batch else None,
+                          input_names=list(spec.inputs), output_names=out_names, opset_version=int(opset),
+                          dynamic_axes={n: {0: "N"} for n in [*spec.inputs, *out_names]} if dynamic_batch else None,
                           do_constant_folding=True)
         onnx.checker.check_model(str(tmp))
     net.eval()  # the exporter restores the wrapper's mode recursively; keep the net in eval for callers

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from . import geometry as G
-from .metrics import build_metrics, compute_flat, per_sample_errors
+from .metrics import METRICS, build_metrics, compute_flat, per_sample_errors
 from .outputs import prediction_columns
-from .schedules import global_batch_size
+from .schedules import global_batch_size, max_steps_for_samples
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ class HeadPoseModule(L.LightningModule):
         net: ``forward(inputs) -> pred`` with ``pred["R"] (B, 3, 3)`` and optionally ``t (B, 3)``,
             ``landmarks_2d (B, 68, 2)`` (full-image pixels), ``vertices (B, N, 3)`` (head frame, metres).
         crop: ``CropInput`` turning a batch into network inputs.
-        loss: ``forward(pred, batch) -> {"loss": total, term: value, ...}``.
+        loss: ``forward(pred, batch, inputs) -> {"loss": total, term: value, ...}`` with ``inputs`` the
+            network's input (``crop(batch)``), from which a loss reads the crop it needs.
         optimizer: partial ``torch.optim`` constructor taking the parameters.
         scheduler: optional partial LR scheduler constructor taking the optimizer; a ``total_steps``
             argument, if it has one, is filled from the trainer.
@@ -37,6 +38,9 @@ class HeadPoseModule(L.LightningModule):
             ``gradient_clip_val`` only offers the 2-norm and value clipping. Mutually exclusive with it.
         callbacks: Lightning callbacks that belong to the recipe (e.g. OpNet's sample-counted SWA),
             added to the trainer's through ``configure_callbacks``.
+        total_samples: optional run length in training samples (OpNet's unit): at fit start ``trainer.max_steps``
+            becomes ``ceil(total_samples / global batch)`` (``schedules.max_steps_for_samples``), for any batch
+            size, device count and accumulation. Epoch-counted recipes set ``trainer.max_epochs`` instead.
 
     A scheduler factory may also take ``samples_per_step`` (the global batch: per-process batch size x
     processes x gradient accumulation), filled here, so schedules can be counted in samples.
@@ -46,8 +50,9 @@ class HeadPoseModule(L.LightningModule):
                  optimizer: Callable | None = None, scheduler: Callable | None = None,
                  augment: nn.Module | None = None, euler_rule: str | None = None,
                  grad_clip_max_norm: float | None = None, grad_clip_norm_type: float | str = 2.0,
-                 callbacks: list | None = None):
+                 callbacks: list | None = None, total_samples: int | None = None):
         super().__init__()
+        self.total_samples = None if total_samples is None else int(total_samples)
         self.grad_clip_max_norm = grad_clip_max_norm
         self.grad_clip_norm_type = float(grad_clip_norm_type)  # "inf" -> math.inf
         self.recipe_callbacks = list(callbacks or [])
@@ -69,12 +74,9 @@ class HeadPoseModule(L.LightningModule):
         self.test_metrics = build_metrics(self.euler_rule)
         self.mean_pose_metrics = build_metrics(self.euler_rule)
 
-    def set_euler_rule(self, rule: str) -> None:
-        self.euler_rule = G.check_rule(rule)
-        self._build_metrics()
-
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Predictions for a schema batch (evaluation, export, visualisation)."""
         return self.net(self.crop(batch))
 
     # -- training --------------------------------------------------------------------------------------
@@ -84,12 +86,17 @@ class HeadPoseModule(L.LightningModule):
         self._accumulate_mean_pose(batch)
         if self.augment is not None:
             batch = self.augment(batch)
-        pred = self(batch)
-        terms = self.loss_fn(pred, batch)
+        inputs = self.crop(batch)
+        pred = self.net(inputs)
+        terms = self.loss_fn(pred, batch, inputs)
         B = len(batch["sample_id"])
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=B, prog_bar=False)
         self.log("train/loss_total", terms["loss"].detach(), batch_size=B, prog_bar=True)
         return terms["loss"]
+
+    def on_train_start(self) -> None:
+        if self.global_step > 0:  # restored from ckpt_path (docs/running.md): the tests read this line
+            log.info("training resumes at global step %d", self.global_step)
 
     @torch.no_grad()
     def _accumulate_mean_pose(self, batch: Mapping[str, Any]) -> None:
@@ -115,7 +122,7 @@ class HeadPoseModule(L.LightningModule):
         values = compute_flat(self.val_metrics)
         self.val_metrics.reset()
         logged = {f"val/{k}": float(v) for k, v in values.items()
-                  if not k.startswith("count") and v == v}  # skip NaN (metric without labels)
+                  if not (k in METRICS and METRICS[k].is_count) and v == v}  # skip NaN (metric without labels)
         if logged:
             self.log_dict(logged, sync_dist=False)  # metrics already reduced across processes
 
@@ -156,6 +163,13 @@ class HeadPoseModule(L.LightningModule):
         self.test_rows = []
 
     # -- optimisation ----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Before configure_optimizers (Lightning calls setup first), so the schedules see the step count.
+        if stage == "fit" and self.total_samples is not None:
+            steps = max_steps_for_samples(self.trainer, self.total_samples)
+            log.info("run length: %d samples = %d optimizer steps of %d samples", self.total_samples, steps,
+                     global_batch_size(self.trainer))
+
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)

@@ -1,6 +1,7 @@
 """Fit then test one configuration; write the run outputs (docs/outputs.md). Called by ``__main__``."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -11,11 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .metrics.registry import METRICS, NUM_SAMPLES, format_value
 from .outputs import check_writable, run_info, write_json, write_parquet
 
 log = logging.getLogger(__name__)
-TABLE_KEYS = ("geodesic_deg", "mae_r_deg", "yaw_deg", "pitch_deg", "roll_deg", "tx_mm", "ty_mm", "tz_mm",
-              "mae_t_mm", "add_mm", "nme2d", "dense_mean_mm", "face_size_mm2")
 
 
 def output_dir() -> Path:
@@ -57,13 +57,15 @@ def metrics_record(cfg: DictConfig, results: dict[str, Any], euler_rule: str) ->
 
 
 def format_table(record: dict[str, Any]) -> str:
+    """The metric table printed after a run: every registered value metric the record holds, with its unit and
+    digits (``metrics.registry``), beside the mean-pose reference; then the number of test samples."""
     mp = record.get("mean_pose", {})
-    lines = [f"{'metric':<16}{'model':>12}{'mean pose':>12}", "-" * 40]
-    for k in TABLE_KEYS:
-        if k in record:
-            ref = f"{mp[k]:>12.3f}" if k in mp else f"{'':>12}"
-            lines.append(f"{k:<16}{record[k]:>12.3f}{ref}")
-    lines.append(f"{'num_samples':<16}{record.get('num_samples', 0):>12d}")
+    lines = [f"{'metric':<18}{'unit':<10}{'model':>12}{'mean pose':>12}", "-" * 52]
+    for name, spec in METRICS.items():
+        if name in record and not spec.is_count:
+            lines.append(f"{name:<18}{spec.unit:<10}{format_value(name, record[name]):>12}"
+                         f"{format_value(name, mp.get(name)):>12}")
+    lines.append(f"{NUM_SAMPLES:<18}{'':<10}{format_value(NUM_SAMPLES, record.get(NUM_SAMPLES, 0)):>12}")
     lines.append(f"Euler rule: {record['euler_convention']}")
     return "\n".join(lines)
 
@@ -71,9 +73,15 @@ def format_table(record: dict[str, Any]) -> str:
 def run(cfg: DictConfig) -> float | None:
     out = check_writable(output_dir())
     L.seed_everything(cfg.seed, workers=True)
-    write_json(out / "run_info.json", run_info(cfg.seed, {
+    info = run_info(cfg.seed, {
         "experiment": cfg.get("experiment_name"), "choices": group_choices(), "output_dir": str(out),
-        "config": OmegaConf.to_container(cfg, resolve=True)}))
+        "config": OmegaConf.to_container(cfg, resolve=True)})
+    if cfg.get("train", True) and cfg.get("ckpt_path") and (out / "run_info.json").is_file():
+        # resuming in the run's own directory: keep how it started, list each resumption
+        first = json.loads((out / "run_info.json").read_text())
+        resume = {k: info[k] for k in ("started_utc", "command", "git", "host")} | {"ckpt_path": str(cfg.ckpt_path)}
+        info = first | {"resumes": first.get("resumes", []) + [resume]}
+    write_json(out / "run_info.json", info)
 
     datamodule = instantiate(cfg.data)
     euler_rule = cfg.get("euler_rule") or datamodule.euler_rule

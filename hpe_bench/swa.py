@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from .schedules import global_batch_size, run_length_samples
+from .schedules import global_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +27,17 @@ class SampleSWA(L.Callback):
 
     Args:
         start_fraction: start of averaging as a fraction of the run length N (OpNet: 2/3).
-        total_samples: N; None = ``trainer.estimated_stepping_batches x global batch`` (as ``opnet_schedule``).
         every_n_steps: take a snapshot every this many optimizer steps once averaging has started.
         attr: the submodule to average (``HeadPoseModule.net``).
         save_name: after the swap, also write a checkpoint of this name next to the ModelCheckpoint files
             (its ``last.ckpt`` is written before training ends, with the un-averaged weights); None: no file.
     """
 
-    def __init__(self, start_fraction: float = 2.0 / 3.0, total_samples: int | None = None,
-                 every_n_steps: int = 1, attr: str = "net", save_name: str | None = "swa.ckpt"):
+    def __init__(self, start_fraction: float = 2.0 / 3.0, every_n_steps: int = 1, attr: str = "net",
+                 save_name: str | None = "swa.ckpt"):
         if not 0.0 <= start_fraction < 1.0:
             raise ValueError(f"SampleSWA start_fraction must be in [0, 1), got {start_fraction}")
-        self.start_fraction, self.total_samples = float(start_fraction), total_samples
+        self.start_fraction = float(start_fraction)
         self.every_n_steps, self.attr, self.save_name = max(1, int(every_n_steps)), attr, save_name
         self.averaged: AveragedModel | None = None
         self.start_step: int | None = None
@@ -47,8 +46,10 @@ class SampleSWA(L.Callback):
 
     def setup_schedule(self, total_steps: int, samples_per_step: int) -> int:
         """First optimizer step count (``trainer.global_step`` after the step) whose weights are averaged:
-        the first step after which at least ``start_fraction * N`` samples have been seen."""
-        N = run_length_samples(total_steps, samples_per_step, self.total_samples)
+        the first step after which at least ``start_fraction * N`` samples have been seen. N, the run length in
+        samples, is ``total_steps x samples_per_step`` (``trainer.estimated_stepping_batches x global batch``, as
+        ``opnet_schedule``)."""
+        N = int(total_steps) * int(samples_per_step)
         self.start_step = max(1, math.ceil(self.start_fraction * N / samples_per_step))
         return self.start_step
 

@@ -19,3 +19,12 @@ def shared_assets() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared assets not found at {path} (set HPE_BENCH_SHARED)")
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    """``../shared/reference``: facts and reference values from the papers' authors' code (losses/, checkpoints/)."""
+    path = SHARED / "reference"
+    if not path.is_dir():
+        pytest.skip(f"shared reference not found at {path} (set HPE_BENCH_SHARED)")
+    return path

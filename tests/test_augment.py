@@ -86,10 +86,11 @@ def test_similarity_camera_is_exact_for_projection():
     K = G.make_intrinsics(*(torch.rand(4, B, generator=g, dtype=torch.float64) * torch.tensor([[300.0], [0], [50], [60]])
                             + torch.tensor([[200.0], [0], [40], [30]])))
     K[:, 1, 1] = K[:, 0, 0]
-    S = G.similarity_transform(torch.rand(B, 2, dtype=torch.float64) * 100, torch.rand(B, 2, dtype=torch.float64) * 100,
-                               0.5 + torch.rand(B, dtype=torch.float64), torch.rand(B, dtype=torch.float64) * 6,
+    D = {"dtype": torch.float64, "generator": g}
+    S = G.similarity_transform(torch.rand(B, 2, **D) * 100, torch.rand(B, 2, **D) * 100,
+                               0.5 + torch.rand(B, **D), torch.rand(B, **D) * 6,
                                torch.tensor([True, False, True, False, True]))
-    X = torch.randn(B, 10, 3, dtype=torch.float64) * 0.1 + torch.tensor([0, 0, 1.0], dtype=torch.float64)
+    X = torch.randn(B, 10, 3, **D) * 0.1 + torch.tensor([0, 0, 1.0], dtype=torch.float64)
     Q3, K2 = G.similarity_camera(S, K)
     lhs = G.project_points(X @ Q3.transpose(-1, -2), K2)
     rhs = G.apply_transform_2d(S, G.project_points(X, K))
@@ -97,8 +98,8 @@ def test_similarity_camera_is_exact_for_projection():
     s = S[:, :2, :2].det().abs().sqrt()
     torch.testing.assert_close(K2[:, 0, 0], s * K[:, 0, 0])  # pinhole form kept: f' = s f, no skew
     torch.testing.assert_close(K2[:, 0, 1], torch.zeros(B, dtype=torch.float64), atol=1e-9, rtol=0)
-    R = G.rotvec_to_matrix(torch.randn(B, 3, dtype=torch.float64))
-    R2, t2 = G.similarity_pose(Q3, R, torch.randn(B, 3, dtype=torch.float64))
+    R = G.rotvec_to_matrix(torch.randn(B, 3, **D))
+    R2, t2 = G.similarity_pose(Q3, R, torch.randn(B, 3, **D))
     torch.testing.assert_close(R2.det(), torch.ones(B, dtype=torch.float64))
     torch.testing.assert_close(R2 @ R2.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(B, 3, 3))
 

@@ -44,17 +44,17 @@ def test_loss_masks_samples_without_labels():
     batch = toy_batch()
     loss = DirectRegressionLoss()
     pred = {"R": torch.eye(3).expand(3, 3, 3).clone(), "t": batch["t"].clone()}
-    full = loss(pred, batch)
+    full = loss(pred, batch, {})  # the network inputs are unused by this loss
     # Sample 0 has R = Rz(0) Rx(5) Ry(0): its own error only. Remove sample 2's label: the mean changes to
     # the mean of samples 0 and 1, and sample 2's (largest) error no longer counts.
     per = (pred["R"] - batch["R"]).square().sum((-1, -2))
     batch["has_R"][2] = False
-    masked = loss(pred, batch)
+    masked = loss(pred, batch, {})
     assert full["rot"].item() == pytest.approx(per.mean().item(), rel=1e-5)
     assert masked["rot"].item() == pytest.approx(per[:2].mean().item(), rel=1e-5)
     assert full["trans"].item() == 0.0
     batch["has_R"][:] = False
-    assert loss(pred, batch)["rot"].item() == 0.0
+    assert loss(pred, batch, {})["rot"].item() == 0.0
 
 
 def test_crop_inputs_agree_with_geometry():
@@ -77,7 +77,8 @@ def test_crop_uses_fallback_intrinsics_without_K():
 def test_gradients_reach_backbone():
     net = create_model("direct_regression", backbone="resnet10t")
     batch = toy_batch()
-    out = DirectRegressionLoss()(net(CropInput(size=64)(batch)), batch)["loss"]
+    inputs = CropInput(size=64)(batch)
+    out = DirectRegressionLoss()(net(inputs), batch, inputs)["loss"]
     out.backward()
     grads = [p.grad for p in net.backbone.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)

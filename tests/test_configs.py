@@ -7,8 +7,10 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+import hpe_bench  # noqa: F401  (registers ${hpe_bench.experiment:}, which experiment_name reads)
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["data", "model", "loss", "augment", "trainer", "logger", "callbacks", "experiment", "paths"]
+GROUPS = ["data", "model", "loss", "augment", "trainer", "logger", "callbacks", "experiment", "paths", "debug"]
 
 
 def options(group: str) -> list[str]:
@@ -66,3 +68,40 @@ def test_experiment_preset_overrides_root_values():
     assert cfg.experiment_name == "demo" and cfg.trainer.max_steps == 700
     assert cfg.model.net.backbone == "resnet10t"
     assert compose_with("experiment=demo", "trainer.max_steps=5").trainer.max_steps == 5  # command line wins
+
+
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_experiment_name_is_the_preset_name(preset):
+    """Also for presets that inherit another (opnet_300wlp lists `- opnet`): runs/<preset>/, W&B group <preset>."""
+    assert compose_with(f"experiment={preset}").experiment_name == preset
+
+
+def test_experiment_name_without_preset_is_default():
+    assert compose_with().experiment_name == "default"
+    assert compose_with("experiment_name=mine").experiment_name == "mine"  # still settable
+
+
+def test_debug_shrinks_any_preset_and_the_command_line_still_wins():
+    cfg = compose_with("experiment=opnet", "debug=default")
+    assert cfg.trainer.max_steps == 2 and cfg.trainer.accelerator == "cpu" and cfg.data.num_workers == 0
+    assert cfg.model.total_samples == 15_000_000  # the preset's length stays; max_steps=2 ends the run first
+    assert cfg.hydra.runtime.choices["logger"] == "csv"
+    assert "num_samples" not in cfg.data.train  # synthetic sizes only for data=synthetic
+    cfg = compose_with("debug=default")
+    assert (cfg.data.train.num_samples, cfg.data.val.num_samples, cfg.data.test.num_samples) == (24, 8, 20)
+    cfg = compose_with("debug=default", "data.test.num_samples=6", "logger=none", "trainer=ddp")
+    assert cfg.data.test.num_samples == 6 and cfg.hydra.runtime.choices["logger"] == "none"
+    assert cfg.trainer.devices == 2  # debug keeps the trainer option's devices
+
+
+def test_each_preset_states_its_length_once():
+    """Samples (OpNet) or epochs (TRG), never a hand-computed step count (issue 9 item 5)."""
+    for preset in options("experiment"):
+        cfg = compose_with(f"experiment={preset}")
+        by_samples = cfg.model.get("total_samples") is not None
+        by_epochs = cfg.trainer.max_epochs not in (None, -1)
+        if by_samples or by_epochs:
+            assert by_samples != by_epochs and cfg.trainer.max_steps == -1, preset
+    assert compose_with("experiment=opnet").model.total_samples == 15_000_000
+    assert compose_with("experiment=trg").trainer.max_epochs == 30
+    assert compose_with("experiment=trg_arkit").trainer.max_epochs == 30

@@ -8,6 +8,7 @@ import scipy.io
 from scipy.spatial.transform import Rotation
 
 from hpe_bench.data.aflw2000 import AFLW2000, protocol_keep
+from hpe_bench.data.prepared import PreparedDataset
 from hpe_bench.data.raw import LayoutError, RecordError
 from hpe_bench.schema import validate_sample
 
@@ -174,9 +175,60 @@ def test_corrupt_jpeg_names_the_file(aflw_root):
 def test_nan_labels_name_the_record(tmp_path):
     rng = np.random.default_rng(3)
     write_sample(tmp_path, "image00010", rng, Pose_Para=np.array([[np.nan, 0, 0, 1, 1, 1, 1e-3]], np.float32))
-    with pytest.raises(RecordError, match="image00010"):
-        AFLW2000(tmp_path)  # the protocol filter reads the angles at construction
+    ds = AFLW2000(tmp_path)  # the protocol filter reads the angles at construction; a NaN one is a bad record
+    with pytest.raises(RecordError, match="image00010.*Pose_Para"):
+        ds.read(0)
     write_sample(tmp_path, "image00010", rng, Pose_Para=np.array([[0, 0, 0, np.nan, 1, 1, 1e-3]], np.float32))
     ds = AFLW2000(tmp_path)
     with pytest.raises(RecordError, match="image00010.*Pose_Para"):
         ds.read(0)
+
+
+def bad_angle_root(folder: Path, shared_assets: Path) -> Path:
+    """Two good records, one beyond 99 deg, one NaN angle, one corrupt .mat (genuine format otherwise)."""
+    rng, bfm = np.random.default_rng(4), bfm68_arrays(shared_assets)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_sample(folder, "image00002", rng, bfm)
+    write_sample(folder, "image00004", rng, bfm, pose_deg=(5.0, 100.0, 0.0))  # 1969 drops it
+    write_sample(folder, "image00006", rng, bfm)
+    write_sample(folder, "image00008", rng, bfm, Pose_Para=np.array([[0.1, np.nan, 0, TX, TY, TZ, SCALE]], np.float32))
+    write_sample(folder, "image00010", rng, bfm)
+    (folder / "image00010.mat").write_bytes(b"MATLAB 5.0 MAT-file, truncated")
+    return folder
+
+
+def test_unreadable_angles_are_bad_records_not_a_bad_dataset(tmp_path, shared_assets):
+    root = bad_angle_root(tmp_path / "raw", shared_assets)
+    for protocol in ("1969", "all"):  # neither protocol can decide on them: both index them
+        ds = AFLW2000(root, protocol=protocol)
+        ids = [ds.record_id(i) for i in range(len(ds))]
+        assert "aflw2000/image00008" in ids and "aflw2000/image00010" in ids
+        assert ("aflw2000/image00004" in ids) == (protocol == "all")
+    ds = AFLW2000(root)
+    assert len(ds) == 4 and ds.removed == ["image00004"]
+    with pytest.raises(RecordError, match=r"image00008\.mat.*Pose_Para"):
+        ds.read(2)
+    with pytest.raises(RecordError, match=r"cannot read MATLAB file .*image00010\.mat"):
+        ds.read(3)
+    validate_sample(ds.read(0))
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_on_error_skip_leaves_out_nan_angle_and_corrupt_mat(tmp_path, shared_assets, raw):
+    root = bad_angle_root(tmp_path / "raw", shared_assets)
+    kw = {"cache_dir": tmp_path / "cache", "working_size": 32, "raw": raw}
+    with pytest.raises(RecordError, match=r"image00008\.mat"):  # raise: the first bad record, by file
+        ds = PreparedDataset(AFLW2000(root), on_error="raise", **kw)
+        ds.prepare()
+        [ds[i] for i in range(len(ds))]
+    ds = PreparedDataset(AFLW2000(root), on_error="skip", **kw)
+    ds.prepare()
+    got = [ds[i]["sample_id"] for i in range(len(ds))]
+    if raw:  # on the fly: a bad record is replaced by the next one and counted
+        assert set(got) == {"aflw2000/image00002", "aflw2000/image00006"} and ds._raw_skips == 3  # 08, 10; 10
+        return
+    assert got == ["aflw2000/image00002", "aflw2000/image00006"]
+    rep = ds.report()
+    assert rep["records"] == 2 and rep["source_records"] == 4 and rep["skipped"] == 2
+    assert [rid for rid, _ in ds.skipped] == ["aflw2000/image00008", "aflw2000/image00010"]
+    assert "Pose_Para" in ds.skipped[0][1] and "image00010.mat" in ds.skipped[1][1]

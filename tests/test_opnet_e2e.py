@@ -13,11 +13,10 @@ import torch
 from hpe_bench import geometry as G
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "data.train.num_samples=16", "data.val.num_samples=4", "data.test.num_samples=6", "data.train.image_size=96",
-    "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=3", "trainer.log_every_n_steps=1",
-    "trainer.accelerator=cpu", "logger=none", "callbacks.prediction_images.num_images=2",
-    "model.crop.size=65", "model.grad_clip_max_norm=0.1",
+TINY = [  # conf/debug/default.yaml, with this test's sizes on top
+    "debug=default", "data.train.num_samples=16", "data.val.num_samples=4", "data.test.num_samples=6",
+    "data.train.image_size=96", "data.batch_size=4", "trainer.max_steps=3", "logger=none",
+    "callbacks.prediction_images.num_images=2", "model.crop.size=65", "model.grad_clip_max_norm=0.1",
 ]
 
 

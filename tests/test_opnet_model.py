@@ -25,8 +25,8 @@ def resnet():
     return create_model("opnet", backbone="resnet18")
 
 
-def _image(b=3):
-    return {"image": torch.rand(b, 1, 129, 129) - 0.5}
+def _image(b=3, seed=0):
+    return {"image": torch.rand(b, 1, 129, 129, generator=torch.Generator().manual_seed(seed)) - 0.5}
 
 
 @pytest.fixture(scope="module")

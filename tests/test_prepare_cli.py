@@ -98,3 +98,18 @@ def test_mixture_members_are_prepared(conf, tmp_path, capsys, monkeypatch):
     assert prep.main(["data=fake_mix", f"paths.cache_dir={tmp_path / 'cache'}"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split(" ->")[0] for ln in lines] == ["data.train.one: 3 records", "data.train.two: 4 records"]
+
+
+def test_aflw2000_nan_angle_and_corrupt_mat_through_prepare(conf, tmp_path, capsys, shared_assets):
+    """The real data=aflw2000 config: on_error=raise (its default) exits 3 naming the first bad file; skip
+    prepares the good records and counts the NaN-angle and corrupt-.mat records as skipped."""
+    from test_data_aflw2000 import bad_angle_root
+
+    root = bad_angle_root(tmp_path / "AFLW2000", shared_assets)
+    base = ["data=aflw2000", f"root={root}", f"paths.cache_dir={tmp_path / 'cache'}",
+            "++data.test.working_size=32"]
+    assert prep.main(base) == 3
+    err = capsys.readouterr().err
+    assert "image00008.mat" in err and "Pose_Para" in err and "Traceback" not in err
+    assert prep.main(base + ["++data.test.on_error=skip"]) == 0
+    assert capsys.readouterr().out.startswith("data.test: 2 records, 2 skipped of 4 -> ")

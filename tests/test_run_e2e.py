@@ -13,11 +13,9 @@ import torch
 from hpe_bench import geometry as G
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "data.train.num_samples=24", "data.val.num_samples=8", "data.test.num_samples=20", "data.train.image_size=128",
-    "data.batch_size=8", "data.num_workers=0", "trainer.max_steps=2", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu",
-    "model.net.backbone=resnet10t", "model.crop.size=64", "callbacks.prediction_images.num_images=4",
-]
+# conf/debug/default.yaml (+ conf/debug/data/default_synthetic.yaml): 24/8/20 synthetic images of 128 px, batch 8,
+# no workers, 2 CPU steps, 64 px crop, 4 prediction images; the lightest trunk of the default model on top.
+TINY = ["debug=default", "model.net.backbone=resnet10t"]
 
 
 def run_cli(tmp_path: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:

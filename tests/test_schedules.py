@@ -39,8 +39,8 @@ def test_opnet_schedule_counts_samples_not_steps():
             seen = (k + 1) * batch
             expected = 1e-4 if seen >= 6400 else 1e-3 * min(1.0, seen / 640)
             assert lr == pytest.approx(expected), (batch, k)
-    opt = torch.optim.SGD([p], lr=1e-3)  # total_samples overrides total_steps x batch
-    lrs = _lrs(opnet_schedule(opt, total_steps=10, samples_per_step=10, total_samples=1000), opt, 10)
+    opt = torch.optim.SGD([p], lr=1e-3)  # N = total_steps x batch = 1000 samples: warm-up over 50
+    lrs = _lrs(opnet_schedule(opt, total_steps=100, samples_per_step=10), opt, 10)
     assert lrs[0] == pytest.approx(1e-3 * 10 / 50) and lrs[4] == pytest.approx(1e-3)
 
 

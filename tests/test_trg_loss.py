@@ -42,20 +42,24 @@ def make_batch(B=2):
             **{f"has_{k}": torch.ones(B, dtype=torch.bool) for k in ("R", "t", "K", "landmarks_2d", "vertices")}}
 
 
-def make_pred(batch, iters=3):
-    """A perfect prediction of ``batch`` (every iteration equal to the GT); A = crop of box (10, 20, 110, 120)."""
+def make_inputs(batch):
+    """The network inputs the loss reads (``CropInput``'s ``A`` and an S x S image): crop of box (10, 20, 110, 120)."""
     B = batch["R"].shape[0]
     box = torch.tensor([[10.0, 20.0, 110.0, 120.0]] * B, dtype=torch.float64)
-    A = G.crop_transform(box, S)
-    hm = G.crop_to_normalized(G.apply_transform_2d(A, batch["landmarks_2d"]), S)
+    return {"image": torch.zeros(B, 3, S, S, dtype=torch.float64), "A": G.crop_transform(box, S)}
+
+
+def make_pred(batch, iters=3):
+    """A perfect prediction of ``batch`` (every iteration equal to the GT) for the crop of ``make_inputs``."""
+    hm = G.crop_to_normalized(G.apply_transform_2d(make_inputs(batch)["A"], batch["landmarks_2d"]), S)
     return {"vertices_iters": [batch["vertices"].clone() for _ in range(iters)],
             "R_iters": [batch["R"].clone() for _ in range(iters)], "t_iters": [batch["t"].clone() for _ in range(iters)],
-            "heatmap_landmarks": hm, "A": A, "crop_size": S}
+            "heatmap_landmarks": hm}
 
 
 def test_perfect_prediction_is_zero_and_terms_are_returned():
     batch = make_batch()
-    out = TRGLoss().double()(make_pred(batch), batch)
+    out = TRGLoss().double()(make_pred(batch), batch, make_inputs(batch))
     assert set(out) == set(TERMS) | {"loss"}
     for k, v in out.items():
         assert v.item() == pytest.approx(0.0, abs=1e-9), k
@@ -71,7 +75,7 @@ def test_translation_error_gives_l1_of_d_per_vertex():
     pred = make_pred(batch)
     d = torch.tensor([0.01, -0.02, 0.03], dtype=torch.float64)
     pred["t_iters"] = [t + d for t in pred["t_iters"]]
-    out = TRGLoss().double()(pred, batch)
+    out = TRGLoss().double()(pred, batch, make_inputs(batch))
     # per vertex |d|_1 = 0.06 m, summed over iterations with 1/4 + 1/2 + 1, lambda_cam = 2
     assert out["cam"].item() == pytest.approx(2 * 1.75 * 0.06)
     for k in ("head", "rot", "ed", "landmarks"):
@@ -83,10 +87,10 @@ def test_only_first_iteration_wrong_weighs_one_quarter():
     pred = make_pred(batch)
     d = torch.tensor([0.0, 0.0, 0.04], dtype=torch.float64)
     pred["t_iters"][0] = pred["t_iters"][0] + d
-    assert only("cam")(pred, batch)["loss"].item() == pytest.approx(0.25 * 0.04)
+    assert only("cam")(pred, batch, make_inputs(batch))["loss"].item() == pytest.approx(0.25 * 0.04)
     pred = make_pred(batch, iters=2)
     pred["t_iters"][0] = pred["t_iters"][0] + d
-    assert only("cam")(pred, batch)["loss"].item() == pytest.approx(0.5 * 0.04)
+    assert only("cam")(pred, batch, make_inputs(batch))["loss"].item() == pytest.approx(0.5 * 0.04)
 
 
 def test_img_term_pure_x_shift():
@@ -96,8 +100,8 @@ def test_img_term_pure_x_shift():
     pred["t_iters"] = [t + torch.tensor([d, 0.0, 0.0], dtype=torch.float64) for t in pred["t_iters"]]
     z = MEAN[:, 2] + 0.5  # R = I: camera depth of each vertex
     expected = 1.75 * (F_PX * d / z).mean().item()  # u = f X / Z + c shifts by f d / Z, v unchanged
-    assert only("img")(pred, batch)["loss"].item() == pytest.approx(expected, rel=1e-9)
-    assert TRGLoss().double()(pred, batch)["img"].item() == pytest.approx(0.01 * expected, rel=1e-9)
+    assert only("img")(pred, batch, make_inputs(batch))["loss"].item() == pytest.approx(expected, rel=1e-9)
+    assert TRGLoss().double()(pred, batch, make_inputs(batch))["img"].item() == pytest.approx(0.01 * expected, rel=1e-9)
 
 
 def test_head_term_and_edge_term_zero_for_rigid_motion():
@@ -106,13 +110,13 @@ def test_head_term_and_edge_term_zero_for_rigid_motion():
     d = torch.tensor([0.002, 0.001, -0.003], dtype=torch.float64)
     Rz = G.axis_rotation("z", torch.tensor(0.3, dtype=torch.float64))
     pred["vertices_iters"] = [v + d for v in pred["vertices_iters"][:-1]] + [pred["vertices_iters"][-1] @ Rz.T + d]
-    out = TRGLoss().double()(pred, batch)
+    out = TRGLoss().double()(pred, batch, make_inputs(batch))
     assert out["ed"].item() == pytest.approx(0.0, abs=1e-12)  # final face rigidly moved: edge lengths kept
     # iterations 1, 2: per-vertex |d|_1 = 0.006 m; lambda_head = 20
     head_12 = 20 * (0.25 + 0.5) * 0.006
     assert out["head"].item() > head_12
     pred["vertices_iters"][-1] = batch["vertices"] + d
-    assert TRGLoss().double()(pred, batch)["head"].item() == pytest.approx(20 * 1.75 * 0.006)
+    assert TRGLoss().double()(pred, batch, make_inputs(batch))["head"].item() == pytest.approx(20 * 1.75 * 0.006)
 
 
 def test_edge_term_for_scaled_face():
@@ -124,9 +128,9 @@ def test_edge_term_for_scaled_face():
     assert len(edges) == len(unique_edges(tri))
     V = MEAN.numpy()
     mean_len = np.mean([np.linalg.norm(V[a] - V[b]) for a, b in edges])
-    assert only("ed")(pred, batch)["loss"].item() == pytest.approx(0.1 * mean_len, rel=1e-9)
+    assert only("ed")(pred, batch, make_inputs(batch))["loss"].item() == pytest.approx(0.1 * mean_len, rel=1e-9)
     pred["vertices_iters"][0] = 2 * batch["vertices"]  # only the final iteration counts
-    assert only("ed")(pred, batch)["loss"].item() == pytest.approx(0.1 * mean_len, rel=1e-9)
+    assert only("ed")(pred, batch, make_inputs(batch))["loss"].item() == pytest.approx(0.1 * mean_len, rel=1e-9)
 
 
 def test_rotation_term_is_frobenius_distance_not_squared():
@@ -135,11 +139,11 @@ def test_rotation_term_is_frobenius_distance_not_squared():
     Rz = G.axis_rotation("z", torch.tensor(math.pi / 2, dtype=torch.float64))
     pred["R_iters"] = [Rz.expand(2, 3, 3)] * 3
     # |Rz(theta) - I|_F = 2 sqrt(1 - cos theta) = 2 at 90 degrees; lambda_rot = 10
-    out = TRGLoss().double()(pred, batch)
+    out = TRGLoss().double()(pred, batch, make_inputs(batch))
     assert out["rot"].item() == pytest.approx(10 * 1.75 * 2.0)
     # only the final iteration wrong (weight 1), by 60 degrees about x: 2 sqrt(1 - cos 60) = sqrt(2)
     pred["R_iters"] = [batch["R"]] * 2 + [G.axis_rotation("x", torch.tensor(math.pi / 3, dtype=torch.float64)).expand(2, 3, 3)]
-    assert only("rot")(pred, batch)["loss"].item() == pytest.approx(2 * math.sqrt(1 - 0.5))
+    assert only("rot")(pred, batch, make_inputs(batch))["loss"].item() == pytest.approx(2 * math.sqrt(1 - 0.5))
 
 
 def test_landmark_term_in_normalised_crop_coordinates():
@@ -149,9 +153,9 @@ def test_landmark_term_in_normalised_crop_coordinates():
     batch["landmarks_2d"][0, 0] = torch.tensor([10.0, 20.0], dtype=torch.float64)
     batch["landmarks_2d"][0, 1] = torch.tensor([10 + 63 / 0.64, 20 + 63 / 0.64], dtype=torch.float64)
     pred["heatmap_landmarks"][0, :2] = torch.tensor([[-1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
-    assert only("landmarks")(pred, batch)["loss"].item() == pytest.approx(0.0, abs=1e-12)
+    assert only("landmarks")(pred, batch, make_inputs(batch))["loss"].item() == pytest.approx(0.0, abs=1e-12)
     pred["heatmap_landmarks"] = pred["heatmap_landmarks"] + torch.tensor([0.1, -0.05], dtype=torch.float64)
-    out = TRGLoss().double()(pred, batch)
+    out = TRGLoss().double()(pred, batch, make_inputs(batch))
     assert out["landmarks"].item() == pytest.approx(1.25 * 0.15)
     assert out["loss"].item() == pytest.approx(1.25 * 0.15)
 
@@ -172,12 +176,12 @@ def test_sample_without_vertices_adds_nothing_to_3d_terms_and_is_not_counted():
     pred = make_pred(batch)
     d = torch.tensor([0.01, 0.0, 0.0], dtype=torch.float64)
     pred["t_iters"] = [t + d for t in pred["t_iters"]]
-    ref = TRGLoss().double()(pred, batch)
+    ref = TRGLoss().double()(pred, batch, make_inputs(batch))
     _wrong_everywhere(pred, 1)
     batch["has_vertices"][1] = False
     batch["vertices"][1] = float("nan")  # unlabelled data must not leak
     batch["vertices_mask"][1] = False
-    out = TRGLoss().double()(pred, batch)
+    out = TRGLoss().double()(pred, batch, make_inputs(batch))
     for k in ("head", "cam", "img", "ed"):
         assert out[k].item() == pytest.approx(ref[k].item(), abs=1e-12), k  # the mean over sample 0 alone
     assert out["rot"].item() > 0 and out["landmarks"].item() > 0  # sample 1 still has R and landmarks
@@ -190,7 +194,7 @@ def test_landmark_only_sample_contributes_only_to_landmarks():
     for k in ("R", "t", "K", "vertices"):
         batch[f"has_{k}"][1] = False
     batch["topology"][1] = ""
-    out = TRGLoss().double()(pred, batch)
+    out = TRGLoss().double()(pred, batch, make_inputs(batch))
     for k in ("head", "cam", "img", "rot", "ed"):
         assert out[k].item() == pytest.approx(0.0, abs=1e-12), k
     assert out["landmarks"].item() == pytest.approx(1.25 * 0.6 / 2)  # |0.3|+|0.3|, averaged over 2 samples
@@ -204,7 +208,7 @@ def test_batch_without_3d_labels_is_finite_and_differentiable():
     batch["vertices"] = torch.zeros(2, 0, 3, dtype=torch.float64)  # collate of samples without vertices
     batch["vertices_mask"] = torch.zeros(2, 0, dtype=torch.bool)
     leaf = pred["vertices_iters"][-1].requires_grad_()
-    out = TRGLoss().double()(pred, batch)
+    out = TRGLoss().double()(pred, batch, make_inputs(batch))
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
     assert torch.all(leaf.grad == 0)
@@ -215,11 +219,11 @@ def test_vertex_count_or_topology_mismatch_masks_the_sample():
     pred = make_pred(batch)
     pred["vertices_iters"] = [v + 0.01 for v in pred["vertices_iters"]]
     batch["vertices_mask"][1, 1000:] = False  # sample 1 has another vertex count
-    assert only("head")(pred, batch)["loss"].item() == pytest.approx(1.75 * 0.03)
+    assert only("head")(pred, batch, make_inputs(batch))["loss"].item() == pytest.approx(1.75 * 0.03)
     batch["vertices_mask"][1] = True
     batch["topology"][0] = "other"
     batch["vertices"][0] = 5.0
-    assert only("head")(pred, batch)["loss"].item() == pytest.approx(1.75 * 0.03)
+    assert only("head")(pred, batch, make_inputs(batch))["loss"].item() == pytest.approx(1.75 * 0.03)
 
 
 def test_gradients_reach_every_iteration_and_the_heatmap():
@@ -232,7 +236,7 @@ def test_gradients_reach_every_iteration_and_the_heatmap():
     pred["vertices_iters"] = [v + 0.001 for v in pred["vertices_iters"]]
     pred["heatmap_landmarks"] = pred["heatmap_landmarks"] + 0.01
     pred["R_iters"] = [r @ G.axis_rotation("x", torch.tensor(0.1, dtype=torch.float64)) for r in pred["R_iters"]]
-    TRGLoss().double()(pred, batch)["loss"].backward()
+    TRGLoss().double()(pred, batch, make_inputs(batch))["loss"].backward()
     for x in leaves:
         assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
@@ -244,11 +248,14 @@ def _compose(*overrides):
 
 def test_configs_weights_and_ablations():
     cfg = _compose("model=trg")
-    assert cfg.hydra.runtime.choices["loss"] == "trg"
+    assert cfg.hydra.runtime.choices["loss"] == "trg_code"  # the authors' reductions (tests/test_trg_code_loss.py)
     assert cfg.model.net._target_ == "hpe_bench.models.trg.TRG" and cfg.model.crop.size == 192
     assert cfg.model.optimizer.lr == pytest.approx(1e-4)
+    paper = instantiate(_compose("model=trg", "loss=trg_paper").loss)
+    assert isinstance(paper, TRGLoss)
+    assert paper.weights == {"head": 20.0, "cam": 2.0, "img": 0.01, "rot": 10.0, "ed": 2.0, "landmarks": 1.25}
     base = instantiate(cfg.loss).weights
-    assert base == {"head": 20.0, "cam": 2.0, "img": 0.01, "rot": 10.0, "ed": 2.0, "landmarks": 1.25}
+    assert base == dict(paper.weights, landmarks5=0.1)
     for option, zeroed in (("trg_no_rot", "rot"), ("trg_no_cam", "cam"), ("trg_no_landmarks", "landmarks")):
         w = instantiate(_compose("model=trg", f"loss={option}").loss).weights
         assert w == dict(base, **{zeroed: 0.0}), option
@@ -269,10 +276,8 @@ def test_paper_step_schedule_divides_lr_by_ten_after_two_thirds():
 def test_tiny_cli_run_writes_dense_metrics(tmp_path):
     env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", HPE_BENCH_CACHE=str(tmp_path / "cache"))
     overrides = [
-        "model=trg", "data.train.num_samples=8", "data.val.num_samples=4", "data.test.num_samples=8",
-        "data.train.image_size=128", "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=2",
-        "trainer.log_every_n_steps=1", "trainer.accelerator=cpu", "logger=none", "model.crop.size=64",
-        "model.net.backbone=resnet10t", "callbacks.prediction_images.num_images=2",
+        "model=trg", "debug=default", "data.train.num_samples=8", "data.val.num_samples=4", "data.test.num_samples=8",
+        "data.batch_size=4", "logger=none", "model.net.backbone=resnet10t", "callbacks.prediction_images.num_images=2",
         f"paths.output_dir={tmp_path / 'out'}",
     ]
     proc = subprocess.run([sys.executable, "-m", "hpe_bench", *overrides], cwd=ROOT, env=env, capture_output=True,

@@ -81,7 +81,8 @@ def test_translation_round_trip_float64():
     assert torch.allclose(correction_to_translation(c, box, K), t, rtol=0, atol=1e-12)
     # and the other way round, including the reference code's image-centre variant
     size = torch.tensor([1280.0, 720.0], dtype=torch.float64).expand(64, 2)
-    c_rand = torch.rand(64, 3, dtype=torch.float64) * torch.tensor([1.0, 0.4, 0.4], dtype=torch.float64) \
+    g = torch.Generator().manual_seed(2)
+    c_rand = torch.rand(64, 3, dtype=torch.float64, generator=g) * torch.tensor([1.0, 0.4, 0.4], dtype=torch.float64) \
         + torch.tensor([0.5, -0.2, -0.2], dtype=torch.float64)
     for kw in ({}, {"principal": "image_centre", "image_size": size}):
         back = translation_to_correction(correction_to_translation(c_rand, box, K, **kw), box, K, **kw)
@@ -119,7 +120,7 @@ def test_normalisation_matches_grid_sample_align_corners():
     # A feature map covering the crop whose value is the crop pixel x (resp. y): sampling returns the pixel.
     xs = torch.arange(S, dtype=torch.float64)
     fmap = torch.stack([xs.expand(S, S), xs.unsqueeze(1).expand(S, S)]).unsqueeze(0)
-    px = torch.rand(1, 50, 2, dtype=torch.float64) * (S - 1)
+    px = torch.rand(1, 50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (S - 1)
     got = sample_features(fmap, G.crop_to_normalized(px, S))
     assert torch.allclose(got, px, atol=1e-9)
     assert torch.allclose(G.normalized_to_crop(G.crop_to_normalized(px, S), S), px)
@@ -156,12 +157,19 @@ def test_sampler_passes_gradient_to_previous_vertices(model, inputs, output):
     V = output["vertices_iters"][0].detach().clone().requires_grad_(True)
     R, t = output["R_iters"][0].detach(), output["t_iters"][0].detach()
     points = model.sampling_points(V, R, t, inputs["K_crop"], S)
-    fmap = torch.randn(2, 256, 48, 48)
+    fmap = torch.randn(2, 256, 48, 48, generator=torch.Generator().manual_seed(0))
     feats = model.reducers[1](sample_features(fmap, points))
     loss = feats.sum() + sample_features(fmap, points).square().sum()
     loss.backward()
-    assert V.grad is not None and V.grad.abs().sum() > 0
-    assert V.grad[:, torch.as_tensor(arkit_face()["subsample_305"])].abs().sum() == V.grad.abs().sum()
+    assert V.grad is not None
+    # Only the 305 sampled vertices receive gradient: test "zero outside, nonzero inside" per element and
+    # per sample, never by comparing two float sums (their summation order differs between CPU kernels).
+    inside = torch.zeros(V.shape[1], dtype=torch.bool)
+    inside[torch.as_tensor(arkit_face()["subsample_305"])] = True
+    g_in, g_out = V.grad[:, inside].abs(), V.grad[:, ~inside].abs()
+    assert (~inside).sum() > 0 and bool(torch.isfinite(V.grad).all())
+    assert (g_in.flatten(1).amax(1) > 1e-8).all()  # every sample's subset vertices get gradient
+    torch.testing.assert_close(g_out, torch.zeros_like(g_out), rtol=0, atol=1e-12 * float(g_in.max()))
 
 
 def test_initial_state_with_zero_residuals():

@@ -1,12 +1,8 @@
 """Geometric augmentation: one image similarity/reflection per sample, every label moved with it exactly.
 
-``warp_batch`` is the single place that applies a map ``S`` to a batch (maths in ``hpe_bench.geometry``):
-image warped with kornia ``warp_affine(align_corners=True)`` (the convention of ``geometry.crop_images``);
-``box`` (and an existing ``crop_box``) -> box of the 4 mapped corners; ``landmarks_2d``, ``head_2d`` xy,
-``landmarks_3d`` xy by ``S``, sizes and z by the scale ``s``; ``K``, ``K_fallback`` -> ``S K Q3^T``; ``R, t`` by
-``geometry.similarity_pose``. Under a reflection additionally: the 68 landmarks swap left/right
-(``IBUG68_MIRROR``), head-frame ``vertices`` -> ``S v[perm]`` (``vertex_mirror_permutation`` of the sample's
-topology), ``shape_params`` -> ``mirror_shape_params``.
+``warp_batch`` applies a map ``S`` to a batch: the image is warped with kornia ``warp_affine(align_corners=True)``
+(the convention of ``geometry.crop_images``), the labels by ``geometry.transform_labels`` (the one implementation
+of the label rules, shared with the dataset-side working crop; table in docs/augmentation.md).
 
 Two recipes sample the maps: ``OpNetRoiAffine`` (OpNet paper Sec. 2.3) and ``TRGCropAugment`` (TRG). Both
 build a square region of interest (centre, side, angle, mirror) and warp it either onto a canvas of
@@ -16,7 +12,6 @@ They set ``crop_box``, which ``CropInput`` crops instead of its own box, so the 
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -27,107 +22,26 @@ from torch import Tensor
 from .. import geometry as G
 from .base import BatchAugment, bernoulli, image_as_float, uniform
 
-log = logging.getLogger(__name__)
-_warned_topologies: set[str] = set()
-
-
-def _where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    return torch.where(mask.view((-1,) + (1,) * (new.dim() - 1)), new, old)
-
 
 def warp_batch(batch: dict[str, Any], S: Tensor, out_size: int | tuple[int, int] | None = None,
                crop_box: Tensor | None = None) -> dict[str, Any]:
-    """New batch with the image warped by ``S (B, 3, 3)`` (a similarity or reflection) and every label moved.
+    """New batch with the image warped by ``S (B, 3, 3)`` (a similarity or reflection) and every label moved
+    by ``geometry.transform_labels``.
 
     ``out_size``: output image size (``int`` or ``(w, h)``; None keeps the input size). ``crop_box (B, 4)``:
     sets the batch's crop box (else an existing one is mapped like ``box``). The image becomes float [0, 1].
     Absent labels (``has_<field>`` False) stay as they were.
     """
     img = batch["image"]
-    B, _, H, W = img.shape
+    _, _, H, W = img.shape
     ow, oh = (W, H) if out_size is None else ((out_size, out_size) if isinstance(out_size, int) else out_size)
     S = S.to(device=img.device, dtype=torch.float32)
-    s = G.similarity_scale(S)
-    mirror = torch.linalg.det(S[:, :2, :2]) < 0
-    out = dict(batch)
+    out = G.transform_labels(batch, S, (W, H))
     out["image"] = KT.warp_affine(image_as_float(img), S[:, :2, :], (oh, ow), mode="bilinear",
                                   padding_mode="zeros", align_corners=True)
-    out["box"] = G.transform_boxes(S, batch["box"].to(S))
     if crop_box is not None:
         out["crop_box"] = crop_box.to(S)
-    elif "crop_box" in batch:
-        out["crop_box"] = G.transform_boxes(S, batch["crop_box"].to(S))
-    perm68 = G.landmark_mirror_permutation(img.device)
-
-    def swap(x: Tensor) -> Tensor:
-        return _where(mirror, x[:, perm68], x)
-
-    def has(name: str) -> Tensor:
-        return batch.get(f"has_{name}", torch.zeros(B, dtype=torch.bool, device=img.device)).to(img.device)
-
-    if "landmarks_2d" in batch:
-        new = swap(G.apply_transform_2d(S, batch["landmarks_2d"].to(S)))
-        out["landmarks_2d"] = _where(has("landmarks_2d"), new, batch["landmarks_2d"])
-    if "landmarks_3d" in batch:
-        new = swap(G.apply_similarity_3d(S, batch["landmarks_3d"].to(S)))
-        out["landmarks_3d"] = _where(has("landmarks_3d"), new, batch["landmarks_3d"])
-    if "head_2d" in batch:
-        h = batch["head_2d"].to(S)
-        new = torch.cat([G.apply_transform_2d(S, h[:, None, :2])[:, 0], h[:, 2:3] * s[:, None]], -1)
-        out["head_2d"] = _where(has("head_2d"), new, batch["head_2d"])
-    Q3 = None
-    if "K" in batch:
-        Q3, K_new = G.similarity_camera(S, batch["K"].to(S))
-        out["K"] = _where(has("K"), K_new, batch["K"])
-    # The fallback intrinsics are those of the *original* image carried through every map (schema): samples
-    # with neither K nor K_fallback get the fallback of this image before the warp.
-    fallback = G.fallback_intrinsics(W, H).to(S).expand(B, 3, 3)
-    has_fb = has("K_fallback")
-    if "K_fallback" in batch:
-        fallback = _where(has_fb, batch["K_fallback"].to(S), fallback)
-    Q3, fb_new = G.similarity_camera(S, fallback)
-    need_fb = has_fb | ~has("K")
-    out["K_fallback"] = _where(need_fb, fb_new, batch.get("K_fallback", torch.zeros_like(fb_new)).to(S))
-    out["has_K_fallback"] = need_fb
-    if "R" in batch or "t" in batch:
-        R = batch.get("R", torch.zeros(B, 3, 3, device=img.device)).to(S)
-        t = batch.get("t", torch.zeros(B, 3, device=img.device)).to(S)
-        R_new, t_new = G.similarity_pose(Q3, R, t)
-        if "R" in batch:
-            out["R"] = _where(has("R"), R_new, batch["R"])
-        if "t" in batch:
-            out["t"] = _where(has("t"), t_new, batch["t"])
-    if "shape_params" in batch and bool(mirror.any()):
-        new = G.mirror_shape_params(batch["shape_params"].to(S))
-        out["shape_params"] = _where(mirror & has("shape_params"), new, batch["shape_params"])
-    if "vertices" in batch and bool((mirror & has("vertices")).any()):
-        out["vertices"], out["has_vertices"] = _mirror_dense(batch, mirror & has("vertices"))
     return out
-
-
-def _mirror_dense(batch: dict[str, Any], rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Mirrored head-frame vertices of the samples ``rows (B,)``; samples whose topology has no known
-    permutation lose their dense label (``has_vertices`` False, warned once per topology)."""
-    verts, has_v = batch["vertices"].clone(), batch["has_vertices"].clone().to(rows.device)
-    mask = batch.get("vertices_mask")
-    topologies = batch.get("topology", [""] * len(rows))
-    for topo in sorted({topologies[i] for i in torch.nonzero(rows)[:, 0].tolist()}):
-        idx = torch.tensor([i for i in range(len(rows)) if rows[i] and topologies[i] == topo],
-                           dtype=torch.long, device=verts.device)
-        try:
-            perm = torch.from_numpy(G.vertex_mirror_permutation(topo).copy()).to(verts.device)
-        except KeyError as err:
-            if topo not in _warned_topologies:
-                _warned_topologies.add(topo)
-                log.warning("mirror augmentation drops dense vertices: %s", err)
-            has_v[idx] = False
-            continue
-        n = len(perm)
-        counts = mask[idx].sum(1) if mask is not None else torch.full((len(idx),), verts.shape[1])
-        if verts.shape[1] < n or not bool((counts == n).all()):
-            raise ValueError(f"topology {topo!r} has {n} vertices but the batch holds {counts.tolist()}")
-        verts[idx, :n] = G.mirror_vertices(verts[idx, :n], perm)
-    return verts, has_v
 
 
 def roi_similarity(centre: Tensor, side: Tensor, angle: Tensor, mirror: Tensor, image_hw: tuple[int, int],

@@ -6,7 +6,8 @@ No intrinsics (``K`` absent; the working crop adds ``K_fallback``), no metric ``
 The ``pt2d`` field (the 21 AFLW points, ``-1`` where invisible) is not read.
 
 Protocols: ``"1969"`` (OpNet, 6DRepNet, ...): drop every image with any ``|Pose_Para angle| > 99 deg``
-(31 of 2000); ``"all"``: the 2000 images.
+(31 of 2000); ``"all"``: the 2000 images. A record whose angles cannot be read (corrupt ``.mat``, NaN angle)
+is indexed under either protocol and ``read`` raises its ``RecordError``, so ``on_error`` decides its fate.
 """
 from __future__ import annotations
 
@@ -74,10 +75,24 @@ class AFLW2000(RawSource):
             self.require(folder / "image00002.mat")
         if len(mats) != NUM_IMAGES:
             log.warning("%s: %d .mat files in %s, the full dataset has %d", self.name, len(mats), folder, NUM_IMAGES)
-        angles = np.stack([self._pose_deg(p) for p in mats])
-        keep = protocol_keep(angles, protocol)
+        # The protocol filter needs every record's angles now, but a record whose angles cannot be read (a
+        # corrupt .mat, a NaN angle) is a bad *record*, not a bad dataset: it stays in the index and ``read``
+        # raises its RecordError, so ``on_error`` (PreparedDataset) decides: skip leaves it out (counted,
+        # logged), raise stops with the file's name. Neither protocol can say whether it would keep it.
+        self.unreadable: dict[str, str] = {}
+        angles = np.zeros((len(mats), 3))
+        for j, path in enumerate(mats):
+            try:
+                angles[j] = self._pose_deg(path)
+            except RecordError as err:
+                self.unreadable[path.stem] = str(err)
+        keep = protocol_keep(angles, protocol) | np.array([p.stem in self.unreadable for p in mats], bool)
         self.stems = [p.stem for p, k in zip(mats, keep) if k]
         self.removed = [p.stem for p, k in zip(mats, keep) if not k]
+        if self.unreadable:
+            log.warning("%s: %d of %d .mat files have unreadable or non-finite Pose_Para angles; reading them "
+                        "raises a RecordError (left out under on_error=skip), first: %s", self.name,
+                        len(self.unreadable), len(mats), next(iter(self.unreadable.values())))
 
     def _pose_deg(self, mat_path: Path) -> np.ndarray:
         pose = bfm_mat.load_mat(mat_path, ["Pose_Para"])["Pose_Para"].reshape(-1)
@@ -98,6 +113,8 @@ class AFLW2000(RawSource):
         stem = self.stems[index]
         mat_path = self.folder / f"{stem}.mat"
         where = f"{self.name} record {stem!r} ({str(mat_path)!r})"
+        if stem in self.unreadable:
+            raise RecordError(self.unreadable[stem])
         image = read_image(self.folder / f"{stem}.jpg")
         height, width = image.shape[:2]
         mat = bfm_mat.load_mat(mat_path, ["Pose_Para", "Shape_Para", "Exp_Para", "pt3d_68"])

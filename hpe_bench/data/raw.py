@@ -38,8 +38,8 @@ class RawSource(abc.ABC):
 
     def __init__(self, root: str | Path | None, split: str = "test"):
         if root is None or str(root) in ("", "???", "None"):
-            raise LayoutError(f"{self.name}: no dataset root given (set data.root or the environment variable "
-                              f"named in conf/data/*.yaml); expected layout:\n{self.layout}")
+            # `python -m hpe_bench` checks roots before a run (hpe_bench.preflight) and names the variable to set
+            raise LayoutError(f"{self.name}: no dataset root given (pass root=<dir>); expected layout:\n{self.layout}")
         self.root = Path(root).expanduser()
         self.split = split
         self.require(self.root)

@@ -5,7 +5,7 @@ a batch needs one size. ``working_crop`` cuts the square ``square_box(box, scale
 rotation / offset / scale augmentation and for the model's own ``CropInput`` crop) and resizes it to
 ``size`` x ``size``. It is the affine ``A = geometry.crop_transform(square_box(box, scale), size)``, applied to
 the image with the integer-pixel-centre convention of ``geometry.crop_images`` (``align_corners=True``;
-OpenCV's ``warpAffine`` uses the same convention) and to the labels with ``geometry`` functions, so the
+OpenCV's ``warpAffine`` uses the same convention) and to the labels with ``geometry.transform_labels``, so the
 crop is exactly what ``CropInput`` would see had it cropped the original image.
 
 Large downscales are anti-aliased with ``cv2.pyrDown`` (Gaussian 5x5, output pixel ``i`` centred on input
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .. import geometry as G
+from ..schema import FIELD_NAMES
 
 __all__ = ["working_transform", "working_crop", "warp_image"]
 
@@ -65,42 +66,31 @@ def warp_image(image: np.ndarray, A: np.ndarray, size: int) -> np.ndarray:
 def working_crop(sample: Mapping[str, Any], size: int = 256, scale: float = 2.0) -> dict[str, Any]:
     """A schema sample cropped to ``square_box(box, scale)`` and resized to ``size`` x ``size``.
 
-    Labels are moved with ``A = working_transform(box, size, scale)`` (uniform scale ``s = A[0, 0]``):
-    ``box``, ``landmarks_2d``: ``A`` applied to the points; ``landmarks_3d``: x, y by ``A``, z times ``s``;
-    ``head_2d``: x, y by ``A``, size times ``s``; ``K`` -> ``A @ K``. Without ``K``, ``K_fallback`` =
-    ``A @ (K_fallback or geometry.fallback_intrinsics(W, H) of this image)``, so the assumed camera stays the
-    original image's. ``R``, ``t``, ``vertices``, ``shape_params`` and the strings are unchanged.
-    Labels are float32, the image ``uint8 (size, size, 3)``.
+    The labels follow ``A = working_transform(box, size, scale)`` by ``geometry.transform_labels`` (the rules shared
+    with the training augmentation; ``A`` is a scale + shift, so ``R``, ``t``, ``vertices`` and ``shape_params`` are
+    unchanged and ``K -> A @ K``). Without ``K`` the sample gets ``K_fallback`` = ``A @ (its K_fallback or
+    geometry.fallback_intrinsics(W, H) of this image)``, so the assumed camera stays the original image's; with
+    ``K`` it has none. Labels are float32 (moved in float64), the image ``uint8 (size, size, 3)``.
     """
     image = np.asarray(sample["image"])
     H, W = image.shape[:2]
     A = working_transform(sample["box"], size, scale)
-    At = torch.from_numpy(A)
-    s = A[0, 0]
-
-    def move(points: Any) -> np.ndarray:
-        p = torch.as_tensor(np.asarray(points, np.float64))
-        return G.apply_transform_2d(At, p).numpy()
-
-    out: dict[str, Any] = {k: v for k, v in sample.items() if k not in ("image", "K_fallback")}
+    moved = G.transform_labels(_as_batch(sample), torch.from_numpy(A)[None], (W, H))
+    out: dict[str, Any] = {k: v for k, v in sample.items() if k not in ("image", "box") + FIELD_NAMES}
     out["image"] = warp_image(image, A, size)
-    out["box"] = move(np.asarray(sample["box"], np.float64).reshape(2, 2)).reshape(4)
-    if "landmarks_2d" in sample:
-        out["landmarks_2d"] = move(sample["landmarks_2d"])
-    if "landmarks_3d" in sample:
-        p = np.asarray(sample["landmarks_3d"], np.float64)
-        out["landmarks_3d"] = np.concatenate([move(p[:, :2]), p[:, 2:3] * s], 1)
-    if "head_2d" in sample:
-        h = np.asarray(sample["head_2d"], np.float64)
-        out["head_2d"] = np.concatenate([move(h[None, :2])[0], h[2:3] * s])
-    if "K" in sample:
-        out["K"] = A @ np.asarray(sample["K"], np.float64)
-    else:
-        base = sample.get("K_fallback")
-        base = G.fallback_intrinsics(W, H, torch.float64).numpy() if base is None else np.asarray(base, np.float64)
-        out["K_fallback"] = A @ base
-    for key in ("box", "landmarks_2d", "landmarks_3d", "head_2d", "K", "K_fallback", "R", "t", "vertices",
-                "shape_params"):
-        if key in out:
-            out[key] = np.asarray(out[key], np.float32)
+    out["box"] = moved["box"][0].numpy().astype(np.float32)
+    for key in FIELD_NAMES:
+        if bool(moved.get(f"has_{key}", torch.zeros(1, dtype=torch.bool))[0]):
+            out[key] = moved[key][0].numpy().astype(np.float32)
     return out
+
+
+def _as_batch(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """The labels of one sample as a float64 batch of one (``has_<field>`` from the keys present)."""
+    batch: dict[str, Any] = {"box": torch.as_tensor(np.asarray(sample["box"], np.float64))[None],
+                             "topology": [str(sample.get("topology", ""))]}
+    for key in FIELD_NAMES:
+        batch[f"has_{key}"] = torch.tensor([key in sample])
+        if key in sample:
+            batch[key] = torch.as_tensor(np.asarray(sample[key], np.float64))[None]
+    return batch

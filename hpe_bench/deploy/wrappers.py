@@ -1,81 +1,34 @@
-"""What each network exports: named ONNX inputs (``CropInput`` keys) and named outputs (keys of the net's
-output dict), plus a wrapper that turns the dict-in / dict-out nets into the positional form ONNX needs.
+"""The positional wrapper ONNX needs around the dict-in / dict-out nets, and the consistent example inputs it
+is traced and checked with. What a net exports (inputs, outputs, constants) is its own ``export_spec()``
+(``hpe_bench.deploy.spec``), declared beside its definition; nothing here knows a model class.
 
 The wrapper only selects; every number is computed by the net's own ``forward``, so the ONNX graph is exactly
 the PyTorch model in eval mode (dropout off, BatchNorm with running statistics).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..models.direct_regression import DirectRegression
-from ..models.opnet import OpNet
-from ..models.trg import TRG
+from ..models import model_name
+from .spec import INPUT_DESCRIPTIONS, ExportSpec
 
-# ONNX output name -> (net output key, description). Shapes use N for the (dynamic) batch axis.
-OPNET_OUTPUTS = {
-    "quat": ("quat", "(N, 4) unit quaternion (x, y, z, w), w > 0: head (BFM68) frame -> crop frame"),
-    "R_crop": ("R_crop", "(N, 3, 3) rotation matrix of quat (crop frame, orthographic)"),
-    "coord": ("coord", "(N, 3) head position (x, y) and size in normalised crop units ([-1, 1], y down)"),
-    "roi": ("roi", "(N, 4) face box (x0, y0, x1, y1) in normalised crop units"),
-    "shape_params": ("shape_params", "(N, 50) BFM68 shape coefficients (40 identity + 10 expression)"),
-    "landmarks": ("landmarks_crop", "(N, 68, 3) posed BFM68 landmarks in normalised crop units"),
-    "rot_scale_tril": ("rot_scale_tril", "(N, 3, 3) Cholesky factor of the rotation-error covariance (so(3), rad)"),
-    "coord_scale_tril": ("coord_scale_tril", "(N, 3, 3) Cholesky factor of the coord covariance"),
-}
-OPNET_CONSTANTS = ("roi_scale", "points_scale", "shape_scale")  # input-independent: written to the sidecar
-
-TRG_OUTPUTS = {
-    "R": ("R", "(N, 3, 3) head rotation, head frame -> camera frame (OpenCV axes)"),
-    "t": ("t", "(N, 3) head translation in the camera frame, metres"),
-    "vertices": ("vertices", "(N, 1220, 3) dense ARKit face in the head frame, metres"),
-    "landmarks_2d": ("landmarks_2d", "(N, 68, 2) landmarks in full-image pixels"),
-}
-
-DIRECT_OUTPUTS = {
-    "R": ("R", "(N, 3, 3) head rotation, head frame -> camera frame"),
-    "t": ("t", "(N, 3) head translation in the camera frame, metres"),
-}
-
-INPUT_DESCRIPTIONS = {
-    "image": "(N, C, S, S) float32 normalised crop (see preprocessing)",
-    "box": "(N, 4) square crop box (x0, y0, x1, y1) in full-image pixels",
-    "K": "(N, 3, 3) full-image intrinsics",
-    "K_crop": "(N, 3, 3) crop intrinsics A @ K",
-    "A": "(N, 3, 3) affine map full-image pixels -> crop pixels (geometry.crop_transform; last row 0 0 1)",
-    "bbox_info": "(N, 3) ((cx_box - cx) / fx, (cy_box - cy) / fx, side / fx)",
-    "image_size": "(N, 2) full image (W, H) in pixels",
-}
-
-
-@dataclass
-class ExportSpec:
-    """``kind``; ONNX ``inputs`` (CropInput keys); ``outputs``: ONNX name -> (net key, description);
-    ``constants``: input-independent net outputs stored in the sidecar instead of the graph."""
-    kind: str
-    inputs: list[str]
-    outputs: dict[str, tuple[str, str]]
-    constants: tuple[str, ...] = field(default_factory=tuple)
+__all__ = ["INPUT_DESCRIPTIONS", "ExportSpec", "ExportWrapper", "example_inputs", "export_spec", "net_outputs",
+           "select_outputs"]
 
 
 def export_spec(net: nn.Module) -> ExportSpec:
-    """The default export of a known network; raises ``TypeError`` naming the class otherwise."""
-    if isinstance(net, OpNet):
-        return ExportSpec("opnet", ["image"], dict(OPNET_OUTPUTS), OPNET_CONSTANTS)
-    if isinstance(net, TRG):
-        inputs = ["image", "box", "K", "K_crop", "A", "bbox_info"]
-        if net.principal == "image_centre":
-            inputs.append("image_size")
-        return ExportSpec("trg", inputs, dict(TRG_OUTPUTS))
-    if isinstance(net, DirectRegression):
-        inputs = ["image", "bbox_info"] if net.use_bbox_info else ["image"]
-        return ExportSpec("direct_regression", inputs, dict(DIRECT_OUTPUTS))
-    raise TypeError(f"no ONNX export defined for {type(net).__name__}; known: OpNet, TRG, DirectRegression "
-                    "(add an ExportSpec in hpe_bench/deploy/wrappers.py)")
+    """The net's own ``export_spec()`` with ``kind`` = its registered model name; ``TypeError`` naming the
+    class for a net that declares none."""
+    declare = getattr(net, "export_spec", None)
+    if not callable(declare):
+        raise TypeError(f"{type(net).__name__} declares no ONNX export: define export_spec(self) -> "
+                        "hpe_bench.deploy.spec.ExportSpec beside its forward (docs/adding_a_model.md)")
+    spec = declare()
+    return replace(spec, kind=spec.kind or model_name(net) or type(net).__name__.lower())
 
 
 def select_outputs(spec: ExportSpec, available: Sequence[str], requested: Sequence[str] | None = None) -> ExportSpec:
@@ -90,7 +43,7 @@ def select_outputs(spec: ExportSpec, available: Sequence[str], requested: Sequen
     if not present:
         raise KeyError(f"{spec.kind}: none of the outputs {sorted(spec.outputs)} is produced by the net")
     constants = tuple(k for k in spec.constants if k in available)
-    return ExportSpec(spec.kind, spec.inputs, present, constants)
+    return replace(spec, outputs=present, constants=constants)
 
 
 class ExportWrapper(nn.Module):

@@ -16,7 +16,9 @@ class DirectRegressionLoss(nn.Module):
         super().__init__()
         self.w_rot, self.w_trans = rot, trans
 
-    def forward(self, pred: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    def forward(self, pred: Mapping[str, Tensor], batch: Mapping[str, Any],
+                inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Weighted terms and ``loss``; ``inputs`` (the network's input) is part of the loss interface, unused."""
         rot = masked_mean((pred["R"] - batch["R"]).square().sum((-1, -2)), batch["has_R"])
         trans = masked_mean((pred["t"] - batch["t"]).abs().sum(-1), batch["has_t"])
         terms = {"rot": self.w_rot * rot, "trans": self.w_trans * trans}

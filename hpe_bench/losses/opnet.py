@@ -9,13 +9,13 @@ Expected **prediction** keys (``hpe_bench.models.opnet``; all in OpNet's crop sp
   (Laplace b per point, shared over xyz). These four are optional together: a model built without the
   landmark head does not output them, and their terms are then left out (reported as 0).
 
-Crop-space **targets**: when the prediction carries the crop (``A``, ``K``, ``has_K``, ``crop_size``, as the
-OpNet network returns them when run on ``CropInput``'s output), they are computed here from the schema
-labels of the batch by ``models.opnet_frames.opnet_targets``. Otherwise (unit tests, precomputed targets)
-the batch must already hold them:
-``quat (B, 4)``, ``coord (B, 3)``, ``roi (B, 4)``, ``shape_params (B, 50)``, ``landmarks_crop (B, 68, 3)``,
-each with a ``has_<key> (B,)`` bool mask; optionally ``has_landmarks_crop_z (B,)`` -- where False only
-x, y of the landmarks count (2D-only datasets); when absent z counts wherever landmarks exist.
+Crop-space **targets** (``codecs.opnet.encode``, the codec whose ``decode`` gives the network's camera-frame
+predictions): ``forward(pred, batch, inputs)`` encodes them from the schema labels of ``batch`` and the crop
+``inputs`` (``CropInput``'s output), then calls ``weighted_terms(pred, targets)``, which tests and callers with
+precomputed targets use directly. Targets: ``quat (B, 4)``, ``coord (B, 3)``, ``roi (B, 4)``,
+``shape_params (B, 50)``, ``landmarks_crop (B, 68, 3)``, each with a ``has_<key> (B,)`` bool mask; optionally
+``has_landmarks_crop_z (B,)`` -- where False only x, y of the landmarks count (2D-only datasets); when absent
+z counts wherever landmarks exist.
 
 Each term is masked per sample by its label's ``has_`` mask and reduced with ``masked_batch_mean``
 (sum over labelled samples / batch size, the paper's ``1/B``). The quaternion-norm penalty needs no
@@ -28,21 +28,21 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..models.opnet_frames import opnet_targets
+from ..codecs import opnet as codec
 from . import opnet_terms as T
 from .masking import masked_batch_mean
 
 _LANDMARK_WEIGHTS = {"paper": T.LANDMARK_WEIGHTS_PAPER, "code": T.LANDMARK_WEIGHTS_CODE}
 
 
-def _target(batch: Mapping[str, Any], key: str, pred: Tensor) -> tuple[Tensor, Tensor]:
+def _target(targets: Mapping[str, Tensor], key: str, pred: Tensor) -> tuple[Tensor, Tensor]:
     """``(target, has)`` with the target replaced by the detached prediction where the label is absent.
 
     Masking alone is not enough: a placeholder label (zeros, or NaN) could make the per-sample value
     non-finite, and ``nan * 0`` still poisons the sum and the gradients.
     """
-    has = batch[f"has_{key}"].to(device=pred.device, dtype=torch.bool)
-    target = batch[key].to(pred)
+    has = targets[f"has_{key}"].to(device=pred.device, dtype=torch.bool)
+    target = targets[key].to(pred)
     m = has.reshape(has.shape + (1,) * (pred.dim() - 1))
     return torch.where(m, target, pred.detach()), has
 
@@ -54,10 +54,12 @@ class OpNetLoss(nn.Module):
     shape: L2; points: weighted L1; roi: L2 of the corners; quat_norm: ``(1 - |q'|)^2``). ``beta_*``
     weight the NLLs, all multiplied by ``beta_total``. ``landmark_weights`` is ``"paper"`` (eyelids 0)
     or ``"code"`` (also chin contour 0.8); ``l2_reduction`` ``"sum"`` (paper Eq. 3) or ``"mean"``
-    (reference code) over the components of coord, shape and roi.
+    (reference code) over the components of shape, roi and coord's position (x, y); coord's size error is
+    added to the position's (``opnet_terms.coord_squared_error``: the reference code's ``xy`` + ``sz``).
 
-    ``forward`` returns the weighted terms under ``rot, coord, shape, points, roi, quat_norm, nll_rot,
-    nll_coord, nll_shape, nll_points, nll_roi`` and their sum under ``loss``.
+    ``forward(pred, batch, inputs)`` (and ``weighted_terms(pred, targets)``) return the weighted terms under
+    ``rot, coord, shape, points, roi, quat_norm, nll_rot, nll_coord, nll_shape, nll_points, nll_roi`` and their
+    sum under ``loss``.
     """
 
     def __init__(self, alpha_rot: float = 1.0, alpha_coord: float = 1.0, alpha_shape: float = 0.01,
@@ -75,20 +77,21 @@ class OpNetLoss(nn.Module):
         self.l2_reduction = l2_reduction
         self.register_buffer("landmark_weights", _LANDMARK_WEIGHTS[landmark_weights].clone(), persistent=False)
 
-    def unweighted_terms(self, pred: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Each term reduced over the batch, before weighting (scalars)."""
+    def unweighted_terms(self, pred: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each term reduced over the batch, before weighting (scalars); ``targets`` as ``codecs.opnet.encode``
+        returns them."""
         l2 = lambda a, b: T.squared_error(a, b, self.l2_reduction)  # noqa: E731
         out: dict[str, Tensor] = {}
 
-        q, has = _target(batch, "quat", pred["quat"])
+        q, has = _target(targets, "quat", pred["quat"])
         out["rot"] = masked_batch_mean(T.quat_rotation_loss(pred["quat"], q), has)
         out["nll_rot"] = masked_batch_mean(T.so3_nll(pred["quat"], q, pred["rot_scale_tril"]), has)
 
-        c, has = _target(batch, "coord", pred["coord"])
-        out["coord"] = masked_batch_mean(l2(pred["coord"], c), has)
+        c, has = _target(targets, "coord", pred["coord"])
+        out["coord"] = masked_batch_mean(T.coord_squared_error(pred["coord"], c, self.l2_reduction), has)
         out["nll_coord"] = masked_batch_mean(T.coord_nll(pred["coord"], c, pred["coord_scale_tril"]), has)
 
-        roi, has = _target(batch, "roi", pred["roi"])
+        roi, has = _target(targets, "roi", pred["roi"])
         out["roi"] = masked_batch_mean(l2(pred["roi"], roi), has)
         out["nll_roi"] = masked_batch_mean(T.gaussian_nll_diag(pred["roi"], roi, pred["roi_scale"]), has)
 
@@ -97,15 +100,15 @@ class OpNetLoss(nn.Module):
 
         zero = pred["quat"].sum() * 0.0  # keeps device, dtype and graph when a head is absent
         if "shape_params" in pred:
-            s, has = _target(batch, "shape_params", pred["shape_params"])
+            s, has = _target(targets, "shape_params", pred["shape_params"])
             out["shape"] = masked_batch_mean(l2(pred["shape_params"], s), has)
             out["nll_shape"] = masked_batch_mean(T.gaussian_nll_diag(pred["shape_params"], s, pred["shape_scale"]), has)
         else:
             out["shape"] = out["nll_shape"] = zero
         if "landmarks_crop" in pred:
             p_hat = pred["landmarks_crop"]
-            p, has = _target(batch, "landmarks_crop", p_hat)
-            use_z = batch.get("has_landmarks_crop_z")
+            p, has = _target(targets, "landmarks_crop", p_hat)
+            use_z = targets.get("has_landmarks_crop_z")
             use_z = has if use_z is None else use_z.to(device=p_hat.device, dtype=torch.bool)
             w = self.landmark_weights
             out["points"] = masked_batch_mean(T.weighted_l1_points(p_hat, p, w, use_z), has)
@@ -114,10 +117,14 @@ class OpNetLoss(nn.Module):
             out["points"] = out["nll_points"] = zero
         return out
 
-    def forward(self, pred: Mapping[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        if "A" in pred:
-            batch = {**batch, **opnet_targets(batch, pred["A"], pred["K"], pred["has_K"], int(pred["crop_size"]))}
-        raw = self.unweighted_terms(pred, batch)
+    def forward(self, pred: Mapping[str, Tensor], batch: Mapping[str, Any],
+                inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Weighted terms of ``pred`` against the targets encoded from ``batch``'s labels and the crop ``inputs``."""
+        return self.weighted_terms(pred, codec.encode(batch, inputs))
+
+    def weighted_terms(self, pred: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Weighted terms and their sum under ``loss``, against precomputed crop-space ``targets``."""
+        raw = self.unweighted_terms(pred, targets)
         terms = {k: self.alpha[k] * raw[k] for k in self.alpha}
         terms.update({f"nll_{k}": self.beta_total * self.beta[k] * raw[f"nll_{k}"] for k in self.beta})
         terms["loss"] = sum(terms.values())

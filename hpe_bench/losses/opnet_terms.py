@@ -20,7 +20,7 @@ from torch.distributions import MultivariateNormal, Normal
 from hpe_bench.geometry import matrix_to_rotvec, quat_to_matrix
 
 __all__ = [
-    "quat_rotation_loss", "rotation_delta", "so3_nll", "coord_nll", "squared_error",
+    "quat_rotation_loss", "rotation_delta", "so3_nll", "coord_nll", "squared_error", "coord_squared_error",
     "laplace_points_nll", "weighted_l1_points", "gaussian_nll_diag", "quat_norm_loss",
     "landmark_weights", "EYELID_POINTS", "CHIN_CONTOUR_POINTS",
     "LANDMARK_WEIGHTS_PAPER", "LANDMARK_WEIGHTS_CODE",
@@ -100,6 +100,14 @@ def squared_error(x_hat: Tensor, x: Tensor, reduction: str = "sum") -> Tensor:
     if reduction == "mean":
         return se.mean(-1)
     raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def coord_squared_error(c_hat: Tensor, c: Tensor, reduction: str = "sum") -> Tensor:
+    """L2 loss ``(B,)`` of ``coord = (x, y, size)`` ``(B, 3)``: the position ``(x, y)`` reduced over its two
+    components plus the size's squared error. ``"sum"``: ``dx^2 + dy^2 + ds^2`` (paper Eq. 3); ``"mean"``:
+    ``(dx^2 + dy^2) / 2 + ds^2``, the reference code's two criteria ``xy`` and ``sz`` (at equal weights), not the
+    mean over all three components."""
+    return squared_error(c_hat[..., :2], c[..., :2], reduction) + (c_hat[..., 2] - c[..., 2]).square()
 
 
 # --------------------------------------------------------------------------------------- landmarks

@@ -1,4 +1,5 @@
-"""Loss of TRG (Chun & Chang, ECCV 2024, Sec. 3.5, Eqs. 4-7), and the paper's step learning-rate schedule.
+"""Loss of TRG (Chun & Chang, ECCV 2024, Sec. 3.5, Eqs. 4-7). (The paper's step learning-rate schedule is
+``schedules.paper_step_schedule``.)
 
 Per iteration ``t = 1..T`` (weight ``2^(t-T)``: 1/4, 1/2, 1 for T = 3), on the network's ``*_iters`` lists:
 
@@ -19,7 +20,8 @@ Once, on the final vertices:
   reference code's Pose2Mesh-style edge loss averages, so ``lambda_ed = 2`` keeps its scale).
 - ``landmarks``: per-landmark L1 norm on the 68 heatmap landmarks in normalised crop coordinates ``[-1, 1]``
   averaged over the landmarks (Eq. 6); GT = ``crop_to_normalized(apply_transform_2d(A, landmarks_2d), S)`` with
-  ``A`` and ``S = crop_size`` carried in the network output. Needs ``has_landmarks_2d``.
+  ``A`` and ``S`` (the crop image's side) read from the network inputs (``CropInput``'s output) that
+  ``forward(pred, batch, inputs)`` receives. Needs ``has_landmarks_2d``.
 
 Models without some outputs (the landmark-free baseline: no ``vertices_iters``, no ``heatmap_landmarks``) get 0
 for ``head``, ``ed`` and ``landmarks``; their ``cam`` and ``img`` terms pose the GT face with the predicted (R, t)
@@ -61,6 +63,45 @@ def _l1_per_point(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).abs().sum(-1).mean(-1)
 
 
+# -- term pieces shared with the authors'-code recipe (losses/trg_code.py) ---------------------------------
+def vertex_labels(batch: Mapping[str, Any], n: int, like: Tensor, topology: str = ARKIT_TOPOLOGY
+                  ) -> tuple[Tensor, Tensor]:
+    """GT vertices ``(B, n, 3)`` and the samples ``(B,)`` whose GT has exactly the model's ``n`` vertices (and,
+    where named, the model's ``topology``); unlabelled rows are zeroed so no NaN/inf from padding can leak
+    through masked terms' gradients."""
+    B, dev = like.shape[0], like.device
+    V = batch["vertices"].to(like)
+    valid = batch["has_vertices"].to(dev).bool()
+    if V.shape[1] < n:
+        return like.new_zeros(B, n, 3), torch.zeros_like(valid)
+    mask = batch.get("vertices_mask")
+    if mask is not None:
+        mask = mask.to(dev).bool()
+        valid = valid & (mask.sum(1) == n) & mask[:, :n].all(1)
+    elif V.shape[1] != n:
+        valid = torch.zeros_like(valid)
+    topo = batch.get("topology")
+    if topo is not None:
+        valid = valid & torch.tensor([tp in ("", topology) for tp in topo], device=dev)
+    V = V[:, :n]
+    return torch.where(valid.view(B, 1, 1), V, torch.zeros_like(V)), valid
+
+
+def project_where(points_cam: Tensor, K: Tensor, valid: Tensor) -> Tensor:
+    """``geometry.project_points`` of ``points_cam (B, N, 3)`` with ``K (B, 3, 3)`` where ``valid (B,)``;
+    elsewhere a safe point at depth 1 and ``K = I`` (an absent K is stored as zeros: projecting with it
+    divides 0 by 0, and NaN * 0 stays NaN in a masked mean and its gradient)."""
+    cam = torch.where(valid.view(-1, 1, 1), points_cam, points_cam.new_tensor([0.0, 0.0, 1.0]))
+    K = torch.where(valid.view(-1, 1, 1), K, torch.eye(3, dtype=K.dtype, device=K.device))
+    return G.project_points(cam, K)
+
+
+def edge_length_error(V: Tensor, V_gt: Tensor, pairs: Tensor) -> Tensor:
+    """``| |V_i - V_j| - |V*_i - V*_j| |`` ``(B, E)`` (metres) for the vertex index ``pairs (E, 2)``."""
+    i, j = pairs[:, 0], pairs[:, 1]
+    return ((V[:, i] - V[:, j]).norm(dim=-1) - (V_gt[:, i] - V_gt[:, j]).norm(dim=-1)).abs()
+
+
 class TRGLoss(nn.Module):
     """Args: the lambdas of Eq. 7 (paper: head 20, cam 2, img 0.01, rot 10, ed 2, landmarks 1.25). A lambda of
     0 skips its term's computation (the term is still returned, as 0) -- the ablation recipes."""
@@ -75,54 +116,31 @@ class TRGLoss(nn.Module):
         self.n_vertices = len(face["mean_vertices"])  # GT face size for models that predict no face
         self.register_buffer("edges", unique_edges(face["triangles"]), persistent=False)
 
-    # -- label masks ------------------------------------------------------------------------------------
-    def _vertex_labels(self, batch: Mapping[str, Any], n: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        """GT vertices ``(B, n, 3)`` and the samples whose GT has exactly the model's ``n`` vertices (and, where
-        named, the model's topology)."""
-        B, dev = like.shape[0], like.device
-        V = batch["vertices"].to(like)
-        valid = batch["has_vertices"].to(dev).bool()
-        if V.shape[1] < n:
-            return like.new_zeros(B, n, 3), torch.zeros_like(valid)
-        mask = batch.get("vertices_mask")
-        if mask is not None:
-            mask = mask.to(dev).bool()
-            valid = valid & (mask.sum(1) == n) & mask[:, :n].all(1)
-        elif V.shape[1] != n:
-            valid = torch.zeros_like(valid)
-        topo = batch.get("topology")
-        if topo is not None:
-            valid = valid & torch.tensor([tp in ("", self.topology) for tp in topo], device=dev)
-        V = V[:, :n]
-        # Zero the unlabelled rows so no NaN/inf from padding can leak through masked terms' gradients.
-        return torch.where(valid.view(B, 1, 1), V, torch.zeros_like(V)), valid
-
     # -- forward ----------------------------------------------------------------------------------------
-    def forward(self, pred: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    def forward(self, pred: Mapping[str, Any], batch: Mapping[str, Any],
+                inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Weighted terms and ``loss`` of the network output ``pred`` for the schema ``batch``; ``inputs`` is the
+        network's input (``CropInput``'s output: the crop ``A`` and the image whose side is S)."""
         w = self.weights
         R_iters, t_iters = pred["R_iters"], pred["t_iters"]
         geometry = "vertices_iters" in pred
         like = pred["vertices_iters"][-1] if geometry else R_iters[-1]
         dev = like.device
         has = {k: batch[f"has_{k}"].to(dev).bool() for k in ("R", "t", "K", "landmarks_2d")}
-        V_gt, has_v = self._vertex_labels(batch, like.shape[1] if geometry else self.n_vertices, like)
+        V_gt, has_v = vertex_labels(batch, like.shape[1] if geometry else self.n_vertices, like, self.topology)
         # Without a predicted face, the camera/image terms pose the GT face (module docstring).
         V_iters = pred["vertices_iters"] if geometry else [V_gt] * len(R_iters)
         final = V_iters[-1]
         R_gt, t_gt, K = batch["R"].to(final), batch["t"].to(final), batch["K"].to(final)
         has_pose = has_v & has["R"] & has["t"]
         has_img = has_pose & has["K"]
-        # An absent K is stored as zeros: projecting with it divides 0 by 0, and NaN * 0 stays NaN in the mean.
-        K = torch.where(has_img.view(-1, 1, 1), K, torch.eye(3, dtype=K.dtype, device=K.device))
         zero = like.sum() * 0.0  # keeps the graph for terms without labels
         raw = {k: zero for k in TERMS}
 
         need_cam = w["cam"] != 0 or w["img"] != 0
         if need_cam:
             cam_gt = G.transform_points(V_gt, R_gt, t_gt)
-            # Safe depth where the sample has no labels (its row is masked out anyway).
-            cam_gt_safe = torch.where(has_img.view(-1, 1, 1), cam_gt, cam_gt.new_tensor([0.0, 0.0, 1.0]))
-            img_gt = G.project_points(cam_gt_safe, K)
+            img_gt = project_where(cam_gt, K, has_img)  # unlabelled rows: a safe point, masked out anyway
         for weight, V, R, t in zip(iteration_weights(len(V_iters)), V_iters, R_iters, t_iters):
             if w["head"] != 0 and geometry:
                 raw["head"] = raw["head"] + weight * masked_mean(_l1_per_point(V, V_gt), has_v)
@@ -131,21 +149,17 @@ class TRGLoss(nn.Module):
                 if w["cam"] != 0:
                     raw["cam"] = raw["cam"] + weight * masked_mean(_l1_per_point(cam, cam_gt), has_pose)
                 if w["img"] != 0:
-                    cam_safe = torch.where(has_img.view(-1, 1, 1), cam, cam.new_tensor([0.0, 0.0, 1.0]))
-                    img = G.project_points(cam_safe, K)
+                    img = project_where(cam, K, has_img)
                     raw["img"] = raw["img"] + weight * masked_mean(_l1_per_point(img, img_gt), has_img)
             if w["rot"] != 0:
                 rot = torch.linalg.matrix_norm(R - R_gt.to(R))
                 raw["rot"] = raw["rot"] + weight * masked_mean(rot, has["R"])
         if w["ed"] != 0 and geometry:
-            i, j = self.edges[:, 0], self.edges[:, 1]
-            length = (final[:, i] - final[:, j]).norm(dim=-1)
-            length_gt = (V_gt[:, i] - V_gt[:, j]).norm(dim=-1)
-            raw["ed"] = masked_mean((length - length_gt).abs().mean(-1), has_v)
+            raw["ed"] = masked_mean(edge_length_error(final, V_gt, self.edges).mean(-1), has_v)
         if w["landmarks"] != 0 and "heatmap_landmarks" in pred:
             lm = pred["heatmap_landmarks"]
-            S = int(pred["crop_size"])
-            lm_gt = G.crop_to_normalized(G.apply_transform_2d(pred["A"].to(lm), batch["landmarks_2d"].to(lm)), S)
+            S = int(inputs["image"].shape[-1])
+            lm_gt = G.crop_to_normalized(G.apply_transform_2d(inputs["A"].to(lm), batch["landmarks_2d"].to(lm)), S)
             raw["landmarks"] = masked_mean(_l1_per_point(lm, lm_gt), has["landmarks_2d"])
 
         terms = {k: w[k] * raw[k] for k in TERMS}

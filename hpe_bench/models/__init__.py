@@ -1,7 +1,8 @@
 """Model architectures: one module per architecture, registered by name (timm style).
 
-A new model is one module here (decorated with ``@register_model``) plus one YAML in ``conf/model``;
-``list_models()`` discovers modules on first use, so nothing else needs editing.
+A new model is one module here (decorated with ``@register_model``, with an ``export_spec()`` method saying
+what it exports) plus one YAML in ``conf/model``; ``list_models()`` discovers modules on first use, so nothing
+else needs editing (docs/adding_a_model.md).
 """
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def _discover() -> None:
 def list_models() -> list[str]:
     _discover()
     return sorted(_REGISTRY)
+
+
+def model_name(net: nn.Module) -> str | None:
+    """The name ``net``'s class is registered under (None for an unregistered class)."""
+    _discover()
+    return next((name for name, cls in _REGISTRY.items() if cls is type(net)), None)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:

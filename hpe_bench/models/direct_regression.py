@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import geometry as G
+from ..deploy.spec import POSE_OUTPUTS, ExportSpec
 from . import register_model
 from .backbones import create_backbone
 
@@ -24,7 +25,7 @@ class DirectRegression(nn.Module):
                  hidden: int = 256, dropout: float = 0.0, use_bbox_info: bool = True):
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans)
-        self.use_bbox_info = use_bbox_info
+        self.use_bbox_info, self.in_chans = use_bbox_info, int(in_chans)
         n_in = self.backbone.num_features + (4 if use_bbox_info else 0)
         self.head = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, 9))
@@ -33,6 +34,11 @@ class DirectRegression(nn.Module):
         nn.init.normal_(last.weight, std=1e-3)
         with torch.no_grad():
             last.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0]))
+
+    def export_spec(self) -> ExportSpec:
+        """ONNX export (hpe_bench.export): the crop (and its box features) in, the 6DoF pose out."""
+        inputs = ("image", "bbox_info") if self.use_bbox_info else ("image",)
+        return ExportSpec(inputs=inputs, outputs=dict(POSE_OUTPUTS), in_chans=self.in_chans)
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         feats = self.backbone(inputs["image"])

@@ -12,9 +12,10 @@ Frames and units of the raw outputs (*crop* quantities):
 - ``coord = (x, y, size)``: head position and size in the same normalised units.
 
 When the inputs carry the crop (``A``, ``K``, ``has_K`` from ``CropInput``), ``forward`` also returns the
-full-image / camera-frame predictions the metrics read (``R``, ``t``, ``landmarks_2d``; see
-``opnet_frames.crop_to_camera``: perspective correction and the head-size prior) and passes the crop on
-for the loss, which builds its crop-space targets from the schema labels (``opnet_frames.opnet_targets``).
+full-image / camera-frame predictions the metrics read (``R``, ``t``, ``landmarks_2d``), decoded by OpNet's
+targets codec (``codecs.opnet.decode``: perspective correction and the head-size prior). The loss encodes
+its crop-space targets from the schema labels with the same codec (``codecs.opnet.encode``); the network
+returns predictions only.
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ from torch import Tensor, nn
 
 from .. import geometry as G
 from ..assets import bfm68
+from ..codecs import opnet as codec
+from ..deploy.spec import ExportSpec
 from . import register_model
 from .backbones import create_backbone
-from .opnet_frames import crop_norm_to_full, crop_to_camera
 
 N_POINTS = 68
 N_SHAPE = 50  # 40 identity + 10 expression coefficients of BFM68
@@ -139,8 +141,18 @@ class _DepthwiseSeparableBlock(nn.Module):
         return F.relu(y + x if self.residual else y)
 
 
+def he_fan_out_(conv: nn.Conv2d) -> None:
+    """The authors' convolution init: He-normal with fan-out, ``std = sqrt(2 / (out_channels k_h k_w))``
+    (PyTorch's default would give the 3x3 depthwise convs std 0.19, 2-13x the authors' 0.015-0.083, and the 1x1
+    convs 1.7-2.5x less than theirs)."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 class OpNetMobileNetV1(nn.Module):
-    """The paper's residual MobileNetV1 (not in timm). ``(B, in_chans, H, W) -> (B, 1024)`` pooled features."""
+    """The paper's residual MobileNetV1 (not in timm). ``(B, in_chans, H, W) -> (B, 1024)`` pooled features.
+    Every convolution starts He-normal fan-out (``he_fan_out_``), as in the authors' code."""
 
     def __init__(self, in_chans: int = 1):
         super().__init__()
@@ -149,6 +161,9 @@ class OpNetMobileNetV1(nn.Module):
                                   nn.BatchNorm2d(32), nn.ReLU(inplace=True))
         self.blocks = nn.Sequential(*[_DepthwiseSeparableBlock(*b) for b in _MOBILENET_BLOCKS])
         self.num_features = _MOBILENET_BLOCKS[-1][1]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                he_fan_out_(m)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(self.stem(x)).mean(dim=(-2, -1))
@@ -159,7 +174,11 @@ def _make_backbone(name: str) -> nn.Module:
         return OpNetMobileNetV1(in_chans=1)
     if name == "resnet18":
         # timm's resnet18 is the torchvision layout (BasicBlock [2,2,2,2]); in_chans=1 gives conv1 1->64 7x7 s2.
-        return create_backbone("resnet18", pretrained=False, in_chans=1)
+        # timm already starts every conv He-normal fan-out; conv1 is re-drawn explicitly because the authors
+        # replace it and initialise it so (not left to a library default).
+        net = create_backbone("resnet18", pretrained=False, in_chans=1)
+        he_fan_out_(net.conv1)
+        return net
     raise ValueError(f"unknown OpNet backbone {name!r}; expected 'mobilenetv1' or 'resnet18'")
 
 
@@ -184,9 +203,9 @@ class OpNet(nn.Module):
     - ``roi_scale (4,)``, ``points_scale (68,)``, ``shape_scale (50,)``: input-independent.
 
     With ``A (B, 3, 3)``, ``K (B, 3, 3)``, ``has_K (B,)`` in the inputs it adds ``R (B, 3, 3)`` camera frame,
-    ``t (B, 3)`` metres, ``coord_px (B, 3)``, ``landmarks_2d (B, 68, 2)`` full-image pixels, the crop
-    (``A``, ``K``, ``has_K``, ``crop_size``) for the loss, and ``per_sample = {"sigma_rot_frobenius": (B,)}``
-    (Frobenius norm of the rotation covariance ``L L^T``, rad^2; a column of predictions.parquet).
+    ``t (B, 3)`` metres, ``coord_px (B, 3)``, ``landmarks_2d (B, 68, 2)`` full-image pixels
+    (``codecs.opnet.decode``). Always: ``per_sample = {"sigma_rot_frobenius": (B,)}`` (Frobenius norm of the
+    rotation covariance ``L L^T``, rad^2; a column of predictions.parquet).
     The uncertainty heads use BatchNorm1d, so training needs batches of more than one sample.
     """
 
@@ -221,6 +240,23 @@ class OpNet(nn.Module):
             self.register_buffer("bfm_basis", torch.as_tensor(asset["basis"], dtype=torch.float32),
                                  persistent=False)
 
+    def export_spec(self) -> ExportSpec:
+        """ONNX export (hpe_bench.export): the crop image in, the raw crop-frame heads out; the 6DoF pose needs
+        the crop's ``A`` and ``K`` (``codecs.opnet.decode``, docs/deployment.md)."""
+        outputs = {
+            "quat": ("quat", "(N, 4) unit quaternion (x, y, z, w), w > 0: head (BFM68) frame -> crop frame"),
+            "R_crop": ("R_crop", "(N, 3, 3) rotation matrix of quat (crop frame, orthographic)"),
+            "coord": ("coord", "(N, 3) head position (x, y) and size in normalised crop units ([-1, 1], y down)"),
+            "roi": ("roi", "(N, 4) face box (x0, y0, x1, y1) in normalised crop units"),
+            "shape_params": ("shape_params", "(N, 50) BFM68 shape coefficients (40 identity + 10 expression)"),
+            "landmarks": ("landmarks_crop", "(N, 68, 3) posed BFM68 landmarks in normalised crop units"),
+            "rot_scale_tril": ("rot_scale_tril",
+                               "(N, 3, 3) Cholesky factor of the rotation-error covariance (so(3), rad)"),
+            "coord_scale_tril": ("coord_scale_tril", "(N, 3, 3) Cholesky factor of the coord covariance"),
+        }
+        return ExportSpec(inputs=("image",), outputs=outputs, in_chans=1,
+                          constants=("roi_scale", "points_scale", "shape_scale"))
+
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         feats = self.dropout(self.backbone(inputs["image"]))  # (B, F), one dropout for all heads
 
@@ -251,18 +287,6 @@ class OpNet(nn.Module):
             out["shape_scale"] = self.shape_scale()
         L = out["rot_scale_tril"]
         out["per_sample"] = {"sigma_rot_frobenius": torch.linalg.matrix_norm(L @ L.transpose(-1, -2)).detach()}
-        if "A" in inputs and "K" in inputs:
-            out.update(self.to_camera(out, inputs))
+        if "A" in inputs and "K" in inputs:  # on CropInput's output; a bare crop (ONNX export) stays in crop space
+            out.update(codec.decode(out, inputs))
         return out
-
-    @staticmethod
-    def to_camera(out: dict[str, Tensor], inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Full-image / camera-frame predictions from the crop outputs and the crop inputs."""
-        S = int(inputs["image"].shape[-1])
-        A, K, has_K = inputs["A"], inputs["K"], inputs["has_K"]
-        cam = crop_to_camera(out["R_crop"], out["coord"], A, K, has_K, S)
-        cam.update(A=A, K=K, has_K=has_K, crop_size=S)
-        if "landmarks_crop" in out:
-            lm = out["landmarks_crop"][..., :2].double()
-            cam["landmarks_2d"] = crop_norm_to_full(lm, A.double(), S).to(out["coord"].dtype)
-        return cam

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .. import geometry as G
 from ..assets import arkit_face
+from ..deploy.spec import POSE_OUTPUTS, ExportSpec
 from . import register_model
 from .backbones import create_backbone
 from .trg_parts import (FACE_SIZE, TRANSLATION_RULES, FaceRegressor, PointReduction,
@@ -63,6 +64,10 @@ class TRG(nn.Module):
         heatmaps: the 68-heatmap branch (False: no ``landmarks_2d`` / ``heatmap_landmarks`` outputs).
         bbox_info: ``"full"`` I_bbox = (tau_x/f, tau_y/f, b/f), ``"no_size"`` without b/f, ``"none"``.
         dropout, hidden: regressor dropout and width (1024 in the paper; smaller only for fast tests).
+        sampler_divisor: ``"size_minus_one"`` (projected points ``p / (S - 1) * 2 - 1``, consistent with
+            ``grid_sample(align_corners=True)``) or ``"size"`` (``p / S``: the TRG code, for its released weights).
+        heatmap_cells: ``"linspace"`` (heatmap cell centres span the crop) or ``"trg_code"`` (cell k at crop
+            pixel ``k S / 48``, as the TRG code's soft-argmax). Both: ``geometry.reference_code``, ``model=trg_code``.
     """
 
     def __init__(self, iterations: int = 3, pretrained: bool = False, multiscale: bool = True,
@@ -70,7 +75,8 @@ class TRG(nn.Module):
                  principal: str = "principal_point", n_landmarks: int = 68, channels: int = 256,
                  dropout: float = 0.5, translation: str = "correction",
                  init_translation: Sequence[float] | None = None, sampling: str = "projected",
-                 geometry: bool = True, heatmaps: bool = True, bbox_info: str = "full", hidden: int = 1024):
+                 geometry: bool = True, heatmaps: bool = True, bbox_info: str = "full", hidden: int = 1024,
+                 sampler_divisor: str = "size_minus_one", heatmap_cells: str = "linspace"):
         super().__init__()
         if translation not in TRANSLATION_RULES:
             raise ValueError(f"model.net.translation must be one of {TRANSLATION_RULES}, got {translation!r}")
@@ -87,6 +93,11 @@ class TRG(nn.Module):
         self.face_size, self.principal = float(face_size), principal
         self.translation, self.sampling, self.geometry = translation, sampling, bool(geometry)
         self.bbox_info = bbox_info
+        if sampler_divisor not in G.SAMPLER_DIVISORS:
+            raise ValueError(f"model.net.sampler_divisor must be one of {G.SAMPLER_DIVISORS}, got {sampler_divisor!r}")
+        if heatmap_cells not in G.HEATMAP_CELL_RULES:
+            raise ValueError(f"model.net.heatmap_cells must be one of {G.HEATMAP_CELL_RULES}, got {heatmap_cells!r}")
+        self.sampler_divisor, self.heatmap_cells = sampler_divisor, heatmap_cells
         # layer4 without pooling: 192x192 -> 512x6x6.
         self.backbone = create_backbone(backbone, pretrained=pretrained, features_only=True, out_indices=(4,))
         c4 = self.backbone.feature_info.channels()[-1]
@@ -117,20 +128,37 @@ class TRG(nn.Module):
         self.reducers = nn.ModuleList([PointReduction(channels) for _ in range(self.iterations)])
         self.regressors = nn.ModuleList([
             FaceRegressor(5 * n + state, mean.shape[0] if self.geometry else 0, hidden, dropout) for n in n_points])
+        if translation == "correction":
+            # The authors' box offsets are twice ours (their 0.1 s dx is the paper's 0.2 s dx): halving the dx, dy
+            # rows of their init gives the initial function the authors' distribution.
+            with torch.no_grad():
+                for reg in self.regressors:
+                    reg.pose_head.weight[7:9] *= 0.5
+                    reg.pose_head.bias[7:9] *= 0.5
 
     def sampling_points(self, vertices: Tensor, R: Tensor, t: Tensor, K_crop: Tensor, size: int) -> Tensor:
         """The 305-vertex subset of ``vertices (B, 1220, 3)`` posed by ``R, t`` and projected with ``K_crop``,
         normalised to ``[-1, 1]`` for a crop of side ``size`` -> ``(B, 305, 2)``; keeps the gradient."""
         cam = G.transform_points(vertices[:, self.subsample], R, t)
-        return G.crop_to_normalized(G.project_points(cam, K_crop), size)
+        return G.normalize_sampling_points(G.project_points(cam, K_crop), size, self.sampler_divisor)
+
+    def export_spec(self) -> ExportSpec:
+        """ONNX export (hpe_bench.export): the crop and its geometry in, the 6DoF pose and dense face out."""
+        inputs = ["image", "box", "K", "K_crop", "A", "bbox_info"]
+        if getattr(self, "principal", None) == "image_centre":
+            inputs.append("image_size")
+        outputs = dict(POSE_OUTPUTS)
+        outputs["vertices"] = ("vertices", "(N, 1220, 3) dense ARKit face in the head frame, metres")
+        outputs["landmarks_2d"] = ("landmarks_2d", "(N, 68, 2) landmarks in full-image pixels")
+        return ExportSpec(inputs=tuple(inputs), outputs=outputs, in_chans=3)
 
     def forward(self, inputs: dict[str, Tensor]) -> dict:
         """Returns, for the last iteration, ``R (B, 3, 3)``, ``t (B, 3)`` m, ``vertices (B, 1220, 3)`` head frame m
         (``geometry``), ``landmarks_2d (B, 68, 2)`` full-image px (``heatmaps``); per iteration the lists
         ``R_iters``, ``t_iters``, ``vertices_iters`` (``geometry``), ``translation_params_iters (B, 3)`` (c for
         the paper's rule), ``sampling_points_iters (B, N, 2)`` (the points each iteration sampled, normalised);
-        ``heatmap_landmarks (B, 68, 2)`` normalised crop coordinates (``heatmaps``); and, for the loss,
-        ``A (B, 3, 3)`` (full image -> crop px, from the inputs) and ``crop_size`` (int S)."""
+        ``heatmap_landmarks (B, 68, 2)`` normalised crop coordinates (``heatmaps``). Predictions only: the loss
+        reads the crop (``A``, S) from the inputs it is given alongside."""
         image, box, K, K_crop = inputs["image"], inputs["box"], inputs["K"], inputs["K_crop"]
         B, S = image.shape[0], image.shape[-1]
         dtype = image.dtype
@@ -172,14 +200,14 @@ class TRG(nn.Module):
                 V = V + dV
                 out["vertices_iters"].append(V)
 
-        out.update(R=R, t=t, A=inputs["A"], crop_size=S)
+        out.update(R=R, t=t)
         if self.geometry:
             out["vertices"] = V
         if self.heatmap is not None:
-            heatmap_landmarks = soft_argmax(self.heatmap(maps[-1]))
+            cells = G.heatmap_cell_positions(maps[-1].shape[-1], S, self.heatmap_cells, dtype, image.device)
+            heatmap_landmarks = soft_argmax(self.heatmap(maps[-1]), cells)
             crop_px = G.normalized_to_crop(heatmap_landmarks, S)
             out["landmarks_2d"] = G.apply_transform_2d(torch.linalg.inv(inputs["A"].to(dtype)), crop_px)
-            # For the loss: A (full image -> crop px) and S bring the 2D labels into normalised crop coordinates.
             out["heatmap_landmarks"] = heatmap_landmarks
         return out
 

@@ -122,15 +122,19 @@ def translation_to_params(rule: str, t: Tensor, box: Tensor, K: Tensor, face_siz
     raise ValueError(f"translation rule must be one of {TRANSLATION_RULES}, got {rule!r}")
 
 
-def soft_argmax(heatmaps: Tensor) -> Tensor:
+def soft_argmax(heatmaps: Tensor, cells: Tensor | None = None) -> Tensor:
     """Heatmaps ``(B, L, H, W)`` -> expected positions ``(B, L, 2)`` (x, y) in ``[-1, 1]``.
 
-    Softmax over all H*W positions; cell centres sit on ``linspace(-1, 1)``, the align_corners=True grid.
+    Softmax over all H*W positions; cell centres sit on ``linspace(-1, 1)``, the align_corners=True grid, or on
+    ``cells (W,)`` (square maps; ``geometry.heatmap_cell_positions``) when given.
     """
     B, L, H, W = heatmaps.shape
     prob = heatmaps.flatten(2).softmax(-1).view(B, L, H, W)
-    xs = torch.linspace(-1.0, 1.0, W, dtype=heatmaps.dtype, device=heatmaps.device)
-    ys = torch.linspace(-1.0, 1.0, H, dtype=heatmaps.dtype, device=heatmaps.device)
+    if cells is not None:
+        xs = ys = cells.to(heatmaps)
+    else:
+        xs = torch.linspace(-1.0, 1.0, W, dtype=heatmaps.dtype, device=heatmaps.device)
+        ys = torch.linspace(-1.0, 1.0, H, dtype=heatmaps.dtype, device=heatmaps.device)
     return torch.stack([(prob.sum(2) * xs).sum(-1), (prob.sum(3) * ys).sum(-1)], -1)
 
 
@@ -178,11 +182,11 @@ class FaceRegressor(nn.Module):
                                    nn.Linear(hidden, hidden), nn.Dropout(dropout))
         self.vertex_head = nn.Linear(hidden, n_vertices * 3) if n_vertices else None
         self.pose_head = nn.Linear(hidden, 9)
-        # Small heads: the first iterations start near the initial face/pose instead of far from it.
+        # Small head weights: the first iterations start near the initial face/pose instead of far from it. The
+        # biases keep PyTorch's default U(+-1/sqrt(hidden)), as in the authors' code (docs/reproducing.md).
         for head in (self.vertex_head, self.pose_head):
             if head is not None:
                 nn.init.xavier_uniform_(head.weight, gain=0.01)
-                nn.init.zeros_(head.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         h = self.trunk(x)

@@ -1,4 +1,4 @@
-"""OpNet crop frame <-> camera frame (hpe_bench/models/opnet_frames.py): head-size prior, targets, 6DoF."""
+"""OpNet's targets codec (hpe_bench/codecs/opnet.py): head-size prior, encode (targets), decode (6DoF)."""
 import numpy as np
 import pytest
 import torch
@@ -7,8 +7,8 @@ from hpe_bench import geometry as G
 from hpe_bench.assets import arkit_face
 from hpe_bench.losses.opnet import OpNetLoss
 from hpe_bench.models.opnet import OpNet, pose_landmarks
-from hpe_bench.models.opnet_frames import (BFM_ORIGIN_M, BFM_UNIT_M, crop_to_camera, fit_bfm68_to_arkit,
-                                           head_coord_from_pose, opnet_targets)
+from hpe_bench.codecs.opnet import (BFM_ORIGIN_M, BFM_UNIT_M, decode, encode, fit_bfm68_to_arkit,
+                                    head_coord_from_pose)
 from hpe_bench.schema import FIELDS
 
 S = 129
@@ -57,6 +57,11 @@ def _crop(batch, scale=1.1):
     return G.crop_transform(box, S)
 
 
+def _inputs(A, K, has_K):
+    """The parts of ``CropInput``'s output the codec reads: ``A``, ``K``, ``has_K`` and an S x S crop image."""
+    return {"image": torch.zeros(A.shape[0], 1, S, S), "A": A, "K": K, "has_K": has_K}
+
+
 @pytest.mark.parametrize("off_centre", [0.0, 0.35])
 def test_targets_round_trip_to_camera_pose(off_centre):
     """Labels -> OpNet targets -> (as if predicted) -> camera R, t, landmarks: the labels come back."""
@@ -64,9 +69,9 @@ def test_targets_round_trip_to_camera_pose(off_centre):
     batch = _scene_batch(R, t, K)
     A = _crop(batch)
     has_K = torch.ones(len(R), dtype=torch.bool)
-    tg = opnet_targets(batch, A, K, has_K, S)
+    tg = encode(batch, _inputs(A, K, has_K))
     assert tg["has_quat"].all() and tg["has_coord"].all() and tg["has_landmarks_crop_z"].all()
-    cam = crop_to_camera(G.quat_to_matrix(tg["quat"].to(D)), tg["coord"].to(D), A, K, has_K, S)
+    cam = decode({"R_crop": G.quat_to_matrix(tg["quat"].to(D)), "coord": tg["coord"].to(D)}, _inputs(A, K, has_K))
     assert torch.rad2deg(G.geodesic_angle(cam["R"], R)).max() < 1e-3  # float32 targets
     assert (cam["t"] - t).norm(dim=-1).max() < 1e-5 * t[:, 2].max() * 100  # < 1 mm at <= 1.5 m
     torch.testing.assert_close(cam["coord_px"], head_coord_from_pose(R, t, K), atol=1e-3, rtol=1e-5)
@@ -81,7 +86,7 @@ def test_perspective_correction_direction_on_off_centre_faces():
     K = G.intrinsics_from_fov(torch.full((B,), 90.0, dtype=D), 256, 256)
     batch = _scene_batch(R, t, K)
     A = _crop(batch)
-    tg = opnet_targets(batch, A, K, torch.ones(B, dtype=torch.bool), S)
+    tg = encode(batch, _inputs(A, K, torch.ones(B, dtype=torch.bool)))
     coord = tg["coord"].to(D)
     R_local = G.quat_to_matrix(tg["quat"].to(D))
     target_xy = tg["landmarks_crop"][..., :2].to(D)
@@ -108,14 +113,14 @@ def test_no_K_samples_keep_their_rotation_and_use_head_2d():
     batch["has_head_2d"][:] = True
     K_fb = G.fallback_intrinsics(256, 256, D).expand(3, 3, 3)
     A = _crop(batch)
-    tg = opnet_targets(batch, A, K_fb, batch["has_K"], S)
+    tg = encode(batch, _inputs(A, K_fb, batch["has_K"]))
     Rq = G.quat_to_matrix(tg["quat"].to(D))
     assert torch.rad2deg(G.geodesic_angle(Rq, R)).max() < 1e-3
     xy = G.crop_to_normalized(G.apply_transform_2d(A, batch["head_2d"][:, None, :2]), S)[:, 0]
     torch.testing.assert_close(tg["coord"][:, :2].to(D), xy, atol=1e-5, rtol=0)
     torch.testing.assert_close(tg["coord"][:, 2].to(D), 40.0 * A[:, 0, 0] * 2 / (S - 1), atol=1e-5, rtol=0)
     assert tg["has_landmarks_crop"].all() and not tg["has_landmarks_crop_z"].any()
-    cam = crop_to_camera(Rq, tg["coord"].to(D), A, K_fb, batch["has_K"], S)
+    cam = decode({"R_crop": Rq, "coord": tg["coord"].to(D)}, _inputs(A, K_fb, batch["has_K"]))
     torch.testing.assert_close(cam["coord_px"], batch["head_2d"], atol=1e-3, rtol=0)
     torch.testing.assert_close(cam["R"], Rq)
 
@@ -136,15 +141,15 @@ def test_targets_on_real_aflw2000_labels(shared_assets):
         batch[k], batch[f"has_{k}"] = v, torch.ones(B, dtype=torch.bool)
     A = _crop(batch)
     K_fb = G.fallback_intrinsics(450, 450, D).expand(B, 3, 3)
-    tg = opnet_targets(batch, A, K_fb, batch["has_K"], S)
+    tg = encode(batch, _inputs(A, K_fb, batch["has_K"]))
     posed = pose_landmarks(tg["quat"].to(D), tg["coord"].to(D), tg["shape_params"].to(D))
     err = (posed - tg["landmarks_crop"].to(D)).norm(dim=-1).mean(-1) / tg["coord"][:, 2].to(D)
     assert err.max() < 0.06, err  # < 6 % of the head radius per point, z included
 
 
 def test_network_returns_camera_predictions_and_loss_builds_targets():
-    """OpNet on CropInput-like inputs: R, t, landmarks_2d consistent with its crop outputs; the loss builds its
-    targets from schema labels and is ~0 in rotation when the prediction equals the label."""
+    """OpNet on CropInput-like inputs: R, t, landmarks_2d consistent with its crop outputs; the loss encodes its
+    targets from schema labels and the inputs and is ~0 in rotation when the prediction equals the label."""
     torch.manual_seed(0)
     R, t, K = _poses(B=2, off_centre=0.2)
     batch = _scene_batch(R, t, K)
@@ -154,6 +159,7 @@ def test_network_returns_camera_predictions_and_loss_builds_targets():
     with torch.no_grad():
         pred = net(inputs)
     assert pred["R"].shape == (2, 3, 3) and pred["t"].shape == (2, 3) and pred["landmarks_2d"].shape == (2, 68, 2)
+    assert not {"A", "K", "has_K", "crop_size"} & set(pred)  # predictions only: the loss gets the inputs itself
     Lr = pred["rot_scale_tril"]
     torch.testing.assert_close(pred["per_sample"]["sigma_rot_frobenius"],
                                torch.linalg.matrix_norm(Lr @ Lr.transpose(-1, -2)))
@@ -161,10 +167,10 @@ def test_network_returns_camera_predictions_and_loss_builds_targets():
     torch.testing.assert_close(pred["landmarks_2d"], lm_px, atol=1e-3, rtol=1e-5)
 
     fbatch = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in batch.items()}
-    tg = opnet_targets(fbatch, A, K, batch["has_K"], S)
+    tg = encode(fbatch, _inputs(A, K, batch["has_K"]))
     pred = dict(pred, quat=tg["quat"], R_crop=G.quat_to_matrix(tg["quat"]))
-    terms = OpNetLoss().unweighted_terms(pred, {**fbatch, **tg})
-    full = OpNetLoss()(pred, fbatch)
+    terms = OpNetLoss().unweighted_terms(pred, tg)
+    full = OpNetLoss()(pred, fbatch, inputs)
     assert terms["rot"].abs() < 1e-6 and torch.isfinite(full["loss"])
     assert full["rot"].abs() < 1e-6  # the loss computed the same targets itself
 

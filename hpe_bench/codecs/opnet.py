@@ -1,15 +1,16 @@
-"""OpNet's crop frame <-> the schema's full-image / camera frame, both directions.
+"""OpNet's targets codec: schema labels <-> OpNet's normalised crop space, both directions.
 
 OpNet (``models/opnet.py``) predicts everything in the *normalised crop frame*: crop pixels mapped to
 ``[-1, 1]`` by ``geometry.crop_to_normalized`` (x right, y down, z into the image), orthographic.
 
-- ``opnet_targets``: schema labels (``R, t, K, landmarks_2d/3d, box, head_2d, shape_params``) + the crop
-  (``A`` full -> crop pixels, size ``S``) -> OpNet's targets ``quat, coord, roi, landmarks_crop,
-  shape_params`` with ``has_*`` masks (what ``losses/opnet.py`` trains on).
-- ``crop_to_camera``: OpNet's outputs + crop -> ``R (B, 3, 3)`` camera frame, ``t (B, 3)`` metres and
-  ``coord_px`` (beyond the paper: 6DoF from an orthographic network).
+- ``encode(batch, inputs)``: schema labels (``R, t, K, landmarks_2d/3d, box, head_2d, shape_params``) + the
+  crop (``CropInput``'s ``A`` full -> crop pixels, ``K``, ``has_K``, side ``S``) -> OpNet's targets ``quat,
+  coord, roi, landmarks_crop, shape_params`` with ``has_*`` masks (what ``losses/opnet.py`` trains on).
+- ``decode(out, inputs)``: OpNet's raw outputs + the same crop -> ``R (B, 3, 3)`` camera frame, ``t (B, 3)``
+  metres, ``coord_px`` and ``landmarks_2d`` full-image pixels (beyond the paper: 6DoF from an orthographic
+  network; the network's ``forward`` calls it, the metrics read its results).
 
-Both directions use the same two facts, so a label mapped to targets and back is recovered exactly:
+Both directions use the same two facts, so a label encoded and decoded again is recovered exactly:
 
 1. **Head-size prior.** OpNet's ``coord = (x, y, size)`` is the image position of the BFM68 model's origin
    and the image size of one BFM68 unit. A similarity fit (scale + offset, the frames share their axes) of
@@ -27,6 +28,10 @@ Both directions use the same two facts, so a label mapped to targets and back is
    same target, and a crop alone cannot know the camera's focal length needed to relate the two. Test crops
    are centred on the face box, so both rays nearly agree there. Samples without ``K`` (300W-LP,
    AFLW2000-3D: weak-perspective labels) use ``R`` as is, in both directions.
+
+Every crop, intrinsics and frame rule comes from ``hpe_bench.geometry`` (``crop_to_normalized``,
+``apply_transform_2d``, ``similarity_scale`` / ``similarity_rotation`` of the crop map, ``ray_rotation``,
+``project_points``); this module only adds OpNet's own quantities (the head-size prior, the BFM68 origin).
 """
 from __future__ import annotations
 
@@ -41,14 +46,15 @@ from torch import Tensor
 from .. import geometry as G
 from ..assets import arkit_face, bfm68
 
+__all__ = ["BFM_UNIT_M", "BFM_ORIGIN_M", "MIN_CROP_SIZE", "encode", "decode", "head_coord_from_pose",
+           "translation_from_head_coord", "fit_bfm68_to_arkit"]
+
 BFM_UNIT_M = 0.0980063
 """Metres per BFM68 unit (head-size prior), from ``fit_bfm68_to_arkit``."""
 BFM_ORIGIN_M = (0.0018109, -0.0231674, -0.0375693)
 """The BFM68 model origin (OpNet's head centre) in the package head frame, metres, from ``fit_bfm68_to_arkit``."""
-
-
 MIN_CROP_SIZE = 0.005
-"""Floor of the predicted size (normalised crop units) in ``crop_to_camera``."""
+"""Floor of the predicted size (normalised crop units) in ``decode``."""
 
 
 def fit_bfm68_to_arkit() -> tuple[float, np.ndarray, float]:
@@ -69,29 +75,23 @@ def _bfm_mean() -> Tensor:
     return torch.as_tensor(bfm68()["mean"], dtype=torch.float64)
 
 
-def crop_scale(A: Tensor) -> Tensor:
-    """``(B,)`` isotropic scale of full -> crop pixel maps ``A (B, 3, 3)`` (``geometry.similarity_scale``)."""
-    return G.similarity_scale(A)
+def _crop(inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, int]:
+    """``(A, K, has_K, S)`` of ``CropInput``'s output (S = the crop image's side)."""
+    return inputs["A"], inputs["K"], inputs["has_K"], int(inputs["image"].shape[-1])
 
 
-def crop_in_plane_rotation(A: Tensor) -> Tensor:
-    """``(B, 3, 3)`` rotation about the camera z axis that ``A``'s linear part applies to the image
-    (identity for the axis-aligned crops of ``CropInput``; ``geometry.similarity_rotation``)."""
-    return G.similarity_rotation(A)
-
-
-def full_to_crop_norm(points: Tensor, A: Tensor, S: int) -> Tensor:
+def _to_crop(points: Tensor, A: Tensor, S: int) -> Tensor:
     """Full-image pixels ``(B, N, 2)`` -> normalised crop ``[-1, 1]`` ``(B, N, 2)``."""
     return G.crop_to_normalized(G.apply_transform_2d(A, points), S)
 
 
-def crop_norm_to_full(points: Tensor, A: Tensor, S: int) -> Tensor:
-    """Inverse of ``full_to_crop_norm``."""
+def _to_full(points: Tensor, A: Tensor, S: int) -> Tensor:
+    """Normalised crop ``(B, N, 2)`` -> full-image pixels (inverse of ``_to_crop``)."""
     return G.apply_transform_2d(torch.linalg.inv(A), G.normalized_to_crop(points, S))
 
 
 def _unit(S: int) -> float:
-    """Normalised crop units per crop pixel (``crop_to_normalized``'s linear factor)."""
+    """Normalised crop units per crop pixel: the linear factor of ``geometry.crop_to_normalized``."""
     return 2.0 / (S - 1)
 
 
@@ -115,17 +115,17 @@ def translation_from_head_coord(R: Tensor, coord_px: Tensor, K: Tensor, unit_m: 
     return ray / ray[..., 2:3] * depth.unsqueeze(-1) - R @ o
 
 
-def opnet_targets(batch: Mapping[str, Any], A: Tensor, K: Tensor, has_K: Tensor, S: int,
-                  unit_m: float = BFM_UNIT_M, origin_m: tuple = BFM_ORIGIN_M) -> dict[str, Tensor]:
+def encode(batch: Mapping[str, Any], inputs: Mapping[str, Tensor], unit_m: float = BFM_UNIT_M,
+           origin_m: tuple = BFM_ORIGIN_M) -> dict[str, Tensor]:
     """OpNet's crop-space targets from schema labels (see the module docstring).
 
     Args:
         batch: collated schema batch (``R, t, landmarks_2d, landmarks_3d, box, head_2d, shape_params`` and
             their ``has_*``).
-        A: ``(B, 3, 3)`` full -> crop pixels; ``K``: ``(B, 3, 3)`` full-image intrinsics (fallback where
-            ``has_K (B,)`` is False); ``S``: crop side in pixels.
+        inputs: ``CropInput``'s output; read: ``A (B, 3, 3)`` full -> crop pixels, ``K (B, 3, 3)`` full-image
+            intrinsics (the fallback where ``has_K (B,)`` is False), ``image (B, C, S, S)`` (only its side S).
     Returns ``quat (B, 4)``, ``coord (B, 3)``, ``roi (B, 4)``, ``landmarks_crop (B, 68, 3)``,
-    ``shape_params (B, 50)``, each with ``has_<key> (B,)``, and ``has_landmarks_crop_z (B,)``.
+    ``shape_params (B, 50)``, each with ``has_<key> (B,)``, and ``has_landmarks_crop_z (B,)``; float32.
 
     - coord: ``head_2d`` where given, else from ``K`` (calibrated only), ``R`` and ``t`` with the head-size prior.
     - quat: ``R`` in the crop frame (perspective-corrected where ``has_K``; through the head position, or the
@@ -134,6 +134,7 @@ def opnet_targets(batch: Mapping[str, Any], A: Tensor, K: Tensor, has_K: Tensor,
       mean face posed with the label pose: datasets put z = 0 at different places and an orthographic depth
       offset is unobservable), else ``landmarks_2d`` with x, y only.
     """
+    A, K, has_K, S = _crop(inputs)
     dt = torch.float64  # labels in float64: the round trip must not lose precision
     A, K = A.to(dt), K.to(dt)
     dev = A.device
@@ -141,7 +142,7 @@ def opnet_targets(batch: Mapping[str, Any], A: Tensor, K: Tensor, has_K: Tensor,
     get = lambda k: batch[k].to(device=dev, dtype=dt)  # noqa: E731
     has = lambda k: batch[f"has_{k}"].to(device=dev, dtype=torch.bool)  # noqa: E731
     has_K = has_K.to(device=dev, dtype=torch.bool)
-    s_A, unit = crop_scale(A), _unit(S)
+    s_A, unit = G.similarity_scale(A), _unit(S)
     out: dict[str, Tensor] = {}
 
     # --- coord: full-image pixels first (needed for the rotation's ray), then the crop.
@@ -151,7 +152,7 @@ def opnet_targets(batch: Mapping[str, Any], A: Tensor, K: Tensor, has_K: Tensor,
     has_head = has("head_2d")
     coord_px = torch.where(has_head[:, None], get("head_2d"), coord_px)
     has_coord = has_head | has_t_pose
-    coord_xy = full_to_crop_norm(coord_px[:, None, :2], A, S)[:, 0]
+    coord_xy = _to_crop(coord_px[:, None, :2], A, S)[:, 0]
     out["coord"] = torch.cat([coord_xy, (coord_px[:, 2] * s_A * unit)[:, None]], -1)
     out["has_coord"] = has_coord
 
@@ -160,21 +161,21 @@ def opnet_targets(batch: Mapping[str, Any], A: Tensor, K: Tensor, has_K: Tensor,
     uv = torch.where(has_coord[:, None], coord_px[:, :2], crop_centre)
     R = get("R")
     R_local = torch.where(has_K[:, None, None], G.ray_rotation(K, uv).transpose(-1, -2) @ R, R)
-    R_crop = crop_in_plane_rotation(A) @ R_local
+    R_crop = G.similarity_rotation(A) @ R_local
     out["quat"] = G.matrix_to_quat(R_crop)
     out["has_quat"] = has("R")
 
     # --- face box: the 4 corners mapped into the crop, their bounding box.
     box = get("box")
     corners = torch.stack([box[:, [0, 1]], box[:, [2, 1]], box[:, [2, 3]], box[:, [0, 3]]], 1)
-    out["roi"] = G.box_from_points(full_to_crop_norm(corners, A, S))
+    out["roi"] = G.box_from_points(_to_crop(corners, A, S))
     out["has_roi"] = torch.ones(B, dtype=torch.bool, device=dev)
 
     # --- landmarks
     has3, has2 = has("landmarks_3d"), has("landmarks_2d")
     lm3, lm2 = get("landmarks_3d"), get("landmarks_2d")
     xy = torch.where(has3[:, None, None], lm3[..., :2], lm2)
-    xy = full_to_crop_norm(xy, A, S)
+    xy = _to_crop(xy, A, S)
     z = lm3[..., 2] * (s_A * unit)[:, None]
     use_z = has3 & out["has_quat"] & has_coord
     posed_mean = (_bfm_mean().to(device=dev) @ R_crop.transpose(-1, -2))[..., 2].mean(-1) * out["coord"][:, 2]
@@ -194,26 +195,33 @@ def _safe_t(B: int, device) -> Tensor:
     return torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device).expand(B, 3)
 
 
-def crop_to_camera(R_crop: Tensor, coord: Tensor, A: Tensor, K: Tensor, has_K: Tensor, S: int,
-                   unit_m: float = BFM_UNIT_M, origin_m: tuple = BFM_ORIGIN_M) -> dict[str, Tensor]:
-    """OpNet crop outputs -> full-image / camera predictions (inverse of ``opnet_targets``).
+def decode(out: Mapping[str, Tensor], inputs: Mapping[str, Tensor], unit_m: float = BFM_UNIT_M,
+           origin_m: tuple = BFM_ORIGIN_M) -> dict[str, Tensor]:
+    """OpNet crop outputs -> full-image / camera predictions (inverse of ``encode``).
 
     Args:
-        R_crop: ``(B, 3, 3)`` rotation in the crop frame; coord: ``(B, 3)`` normalised crop (x, y, size);
-        A, K, has_K, S: as in ``opnet_targets``.
-    Returns ``R (B, 3, 3)`` (perspective-corrected where ``has_K``), ``coord_px (B, 3)`` full-image pixels and
-    ``t (B, 3)`` metres (with ``K``, the fallback one where ``has_K`` is False: then only relative).
+        out: ``R_crop (B, 3, 3)`` rotation in the crop frame, ``coord (B, 3)`` normalised crop (x, y, size),
+            optionally ``landmarks_crop (B, 68, 3)``.
+        inputs: as in ``encode``.
+    Returns ``R (B, 3, 3)`` (perspective-corrected where ``has_K``), ``coord_px (B, 3)`` full-image pixels,
+    ``t (B, 3)`` metres (with ``K``, the fallback one where ``has_K`` is False: then only relative) and, with
+    ``landmarks_crop``, ``landmarks_2d (B, 68, 2)`` full-image pixels; in the dtype of ``R_crop``.
     """
+    A, K, has_K, S = _crop(inputs)
     # float64 (never autocast to half): small 3x3 maths, and solve/inv/det need the precision.
-    out_dtype = R_crop.dtype
-    R_crop, coord, A, K = (x.to(torch.float64) for x in (R_crop, coord, A, K))
+    out_dtype = out["R_crop"].dtype
+    R_crop, coord, A, K = (x.to(torch.float64) for x in (out["R_crop"], out["coord"], A, K))
     has_K = has_K.to(device=R_crop.device, dtype=torch.bool)
-    xy = crop_norm_to_full(coord[:, None, :2], A, S)[:, 0]
+    xy = _to_full(coord[:, None, :2], A, S)[:, 0]
     # smoothclip keeps size > 0 but an untrained head can underflow it to 0 (depth inf): floor it at 0.5 % of
     # the crop (a head radius of ~0.3 crop pixel), far below any real face, so every prediction stays finite.
-    size = coord[:, 2].clamp_min(MIN_CROP_SIZE) / (crop_scale(A) * _unit(S))
+    size = coord[:, 2].clamp_min(MIN_CROP_SIZE) / (G.similarity_scale(A) * _unit(S))
     coord_px = torch.cat([xy, size[:, None]], -1)
-    R_local = crop_in_plane_rotation(A).transpose(-1, -2) @ R_crop
+    R_local = G.similarity_rotation(A).transpose(-1, -2) @ R_crop
     R = torch.where(has_K[:, None, None], G.ray_rotation(K, xy) @ R_local, R_local)
     t = translation_from_head_coord(R, coord_px, K, unit_m, origin_m)
-    return {"R": R.to(out_dtype), "t": t.to(out_dtype), "coord_px": coord_px.to(out_dtype)}
+    cam = {"R": R.to(out_dtype), "t": t.to(out_dtype), "coord_px": coord_px.to(out_dtype)}
+    if "landmarks_crop" in out:
+        lm = out["landmarks_crop"][..., :2].double()
+        cam["landmarks_2d"] = _to_full(lm, A, S).to(out["coord"].dtype)
+    return cam

@@ -1,0 +1,332 @@
+"""``hpe-bench score`` / ``python -m hpe_bench.score``: score any method's predictions with hpe_bench's metrics.
+
+    hpe-bench score preds.csv --protocol aflw2kmini --rotation euler --euler-rule opnet data.root=aflw2kmini.h5
+    hpe-bench score preds.parquet --protocol synthetic --rotation quat --method mynet
+    hpe-bench score --run outputs/runs/demo/<time> --report-rule opnet --ids subset.txt   # re-score a run
+
+A predictions file (CSV or parquet) has a ``sample_id`` column and one rotation format (docs/score.md):
+``R_00 .. R_22`` (row-major, head -> camera), quaternions ``qx qy qz qw`` (or ``q0..q3`` with
+``--quat-order``), or ``yaw pitch roll`` with their rule (``--euler-rule`` or ``--convention hopenet``),
+optionally ``tx ty tz`` (``--translation-units``). The protocol is a data option (``conf/data``) whose test
+split is the ground truth; its sample ids must match the file's: missing or extra ids stop the scoring with a
+list (``--allow-missing`` / ``--allow-extra`` score the rest and record them). Writes ``metrics.json`` and
+``predictions.parquet`` as a run does (docs/outputs.md), marked ``"external": true``, under
+``outputs/external/<method>/<protocol>/<time>/`` so ``make table`` lists them. Bad inputs exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import geometry as G
+from .detect import InputError
+from .metrics import build_metrics, compute_flat, per_sample_errors
+from .outputs import check_writable, git_version, prediction_columns, write_json, write_parquet
+
+MATRIX_COLS = tuple(f"R_{i}{j}" for i in range(3) for j in range(3))
+QUAT_COLS = ("qx", "qy", "qz", "qw")
+EULER_COLS = ("yaw", "pitch", "roll")
+T_COLS = ("tx", "ty", "tz")
+PREFIXED = {**{f"pred_R_{i}{j}": f"R_{i}{j}" for i in range(3) for j in range(3)},
+            "pred_t_x": "tx", "pred_t_y": "ty", "pred_t_z": "tz"}  # predictions.parquet of a run
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"predictions file not found: {path}")
+    try:
+        df = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+    except Exception as err:  # pandas/pyarrow raise many types for a malformed file
+        raise InputError(f"cannot read predictions file {path}: {err}") from err
+    df = df.rename(columns={k: v for k, v in PREFIXED.items() if k in df.columns})
+    if "sample_id" not in df.columns:
+        raise InputError(f"{path}: no 'sample_id' column (columns: {list(df.columns)[:20]})")
+    df["sample_id"] = df["sample_id"].astype(str)
+    dup = df["sample_id"][df["sample_id"].duplicated()].unique().tolist()
+    if dup:
+        raise InputError(f"{path}: {len(dup)} sample ids appear more than once, e.g. {dup[:5]}")
+    return df
+
+
+def rotations_from_table(df: pd.DataFrame, fmt: str, *, quat_order: str | None = None, euler_rule: str | None = None,
+                         convention: str | None = None, angles: str = "deg", where: str = "") -> torch.Tensor:
+    """``(N, 3, 3)`` float64 head -> camera rotations from the table's columns in format ``fmt``.
+
+    ``matrix``: ``R_00..R_22``; with ``convention="6drepnet"`` the matrices are 6DRepNet's and are converted
+    (``geometry.sixdrepnet_matrix_to_matrix``). ``quat``: ``qx qy qz qw`` (any column order), or ``q0 q1 q2 q3``
+    read in ``quat_order`` ("xyzw" or "wxyz"). ``euler``: ``yaw pitch roll`` under ``euler_rule`` or the rule of
+    ``convention`` (``geometry.EXTERNAL_EULER_RULES``), in ``angles`` ("deg" | "rad").
+    """
+    def need(cols: Sequence[str]) -> np.ndarray:
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise InputError(f"{where}rotation format {fmt!r} needs columns {list(cols)}; missing {missing}")
+        values = df[list(cols)].to_numpy(dtype=np.float64, copy=True)
+        bad = ~np.isfinite(values).all(1)
+        if bad.any():
+            raise InputError(f"{where}{int(bad.sum())} rows have non-finite {fmt} values, e.g. sample "
+                             f"{df['sample_id'].iloc[int(np.argmax(bad))]!r}")
+        return values
+
+    if fmt == "matrix":
+        R = torch.from_numpy(need(MATRIX_COLS)).view(-1, 3, 3)
+        if convention == "6drepnet":
+            R = G.sixdrepnet_matrix_to_matrix(R)
+        elif convention is not None:
+            raise InputError(f"--convention {convention!r} does not apply to matrices (only 6drepnet does)")
+        err = (R.transpose(-1, -2) @ R - torch.eye(3, dtype=R.dtype)).abs().amax((-1, -2))
+        if bool((err > 1e-3).any()) or bool((torch.det(R) < 0).any()):
+            raise InputError(f"{where}{int((err > 1e-3).sum())} matrices are not rotations (|R^T R - I| > 1e-3 "
+                             "or det < 0); give R_ij row-major, head -> camera")
+        return G.project_to_so3(R)
+    if fmt == "quat":
+        if all(c in df.columns for c in QUAT_COLS):
+            q = need(QUAT_COLS)
+        else:
+            if quat_order not in ("xyzw", "wxyz"):
+                raise InputError(f"{where}quaternion columns: name them {list(QUAT_COLS)}, or give q0..q3 with "
+                                 "--quat-order xyzw|wxyz")
+            q = need(("q0", "q1", "q2", "q3"))
+            q = q if quat_order == "xyzw" else q[:, [1, 2, 3, 0]]
+        if (np.linalg.norm(q, axis=1) < 1e-6).any():
+            raise InputError(f"{where}zero-norm quaternion")
+        return G.quat_to_matrix(torch.from_numpy(q))
+    if fmt == "euler":
+        rule = euler_rule or G.EXTERNAL_EULER_RULES.get(convention or "")
+        if rule is None:
+            raise InputError(f"{where}Euler angles need --euler-rule {{{', '.join(G.EULER_RULES)}}} or --convention "
+                             f"{{{', '.join(G.EXTERNAL_EULER_RULES)}}} (unknown or missing: {convention!r})")
+        if rule not in G.EULER_RULES:
+            raise InputError(f"unknown Euler rule {rule!r}; choose one of {G.EULER_RULES} (docs/conventions.md)")
+        ypr = need(EULER_COLS)
+        if angles == "rad":
+            ypr = np.degrees(ypr)
+        return G.euler_to_matrix(torch.from_numpy(ypr), rule)
+    raise InputError(f"unknown rotation format {fmt!r}; choose matrix, quat or euler")
+
+
+def detect_format(df: pd.DataFrame) -> str:
+    found = [name for name, cols in (("matrix", MATRIX_COLS), ("quat", QUAT_COLS), ("euler", EULER_COLS))
+             if all(c in df.columns for c in cols)]
+    if "q0" in df.columns:
+        found.append("quat")
+    if len(set(found)) != 1:
+        raise InputError(f"cannot tell the rotation format from the columns (found {sorted(set(found)) or 'none'}); "
+                         f"give --rotation matrix|quat|euler with columns {list(MATRIX_COLS)}, "
+                         f"{list(QUAT_COLS)} or {list(EULER_COLS)}")
+    return found[0]
+
+
+def translations_from_table(df: pd.DataFrame, units: str) -> torch.Tensor | None:
+    if not all(c in df.columns for c in T_COLS):
+        return None
+    t = torch.from_numpy(df[list(T_COLS)].to_numpy(dtype=np.float64))
+    return t / 1000.0 if units == "mm" else t
+
+
+def match_ids(pred_ids: Sequence[str], gt_ids: Sequence[str], allow_missing: bool, allow_extra: bool,
+              where: str) -> dict[str, Any]:
+    """Compare id lists; raise ``InputError`` listing missing / extra ids unless allowed. Never drops silently:
+    the returned report goes into metrics.json."""
+    pred, gt = set(pred_ids), set(gt_ids)
+    missing = sorted(gt - pred)
+    extra = sorted(pred - gt)
+    problems = []
+    if missing and not allow_missing:
+        problems.append(f"{len(missing)} protocol ids have no prediction, e.g. {missing[:5]} (--allow-missing "
+                        "scores the others)")
+    if extra and not allow_extra:
+        problems.append(f"{len(extra)} predicted ids are not in the protocol, e.g. {extra[:5]} (--allow-extra "
+                        "ignores them)")
+    if problems:
+        raise InputError(f"{where}: " + "; ".join(problems))
+    return {"protocol": len(gt), "scored": len(gt & pred), "missing": missing, "extra": extra}
+
+
+def _select(batch: dict[str, Any], idx: list[int]) -> dict[str, Any]:
+    ix = torch.as_tensor(idx, dtype=torch.long)
+    return {k: (v[ix] if torch.is_tensor(v) else [v[i] for i in idx] if isinstance(v, list) else v)
+            for k, v in batch.items()}
+
+
+def protocol_batches(protocol: str, overrides: Sequence[str], batch_size: int = 64) -> tuple[Iterator, str]:
+    """Collated batches of the protocol's test split, and its default Euler rule (the data option's)."""
+    from hydra.errors import HydraException
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader
+
+    from .export import compose_config
+    from .schema import collate
+    try:
+        cfg = compose_config([f"data={protocol}", *overrides])
+    except HydraException as err:
+        options = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "data").glob("*.yaml"))
+        raise InputError(f"unknown protocol or override ({err}); protocols are the data options: {options}") from err
+    try:
+        dm = instantiate(cfg.data)
+        test = dm.datasets["test"]
+        if test is None:
+            raise InputError(f"protocol {protocol!r} has no test split (data.test)")
+        if hasattr(test, "prepare"):  # the test split only (prepare_data would also build train/val caches)
+            test.prepare()
+    except InputError:
+        raise
+    except Exception as err:  # a dataset that cannot be found or read names its root and env var
+        raise InputError(f"protocol {protocol!r}: cannot load its test split: {err}") from err
+    loader = DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate)
+    return iter(loader), dm.euler_rule
+
+
+def parquet_batches(df: pd.DataFrame, batch_size: int = 256) -> Iterator[dict[str, Any]]:
+    """Ground-truth batches from a run's predictions.parquet (``gt_R_*``, ``gt_t_*``): rotation and translation
+    labels only (ADD, NME and dense metrics need the dataset)."""
+    gt_R = df[[f"gt_R_{i}{j}" for i in range(3) for j in range(3)]].to_numpy(np.float64).reshape(-1, 3, 3)
+    gt_t = df[[f"gt_t_{a}" for a in "xyz"]].to_numpy(np.float64) if "gt_t_x" in df else np.full((len(df), 3), np.nan)
+    for s in range(0, len(df), batch_size):
+        R, t = torch.from_numpy(gt_R[s:s + batch_size]), torch.from_numpy(gt_t[s:s + batch_size])
+        hR, ht = torch.isfinite(R).flatten(1).all(1), torch.isfinite(t).all(1)
+        B = len(R)
+        yield {"sample_id": df["sample_id"].iloc[s:s + B].tolist(), "dataset": df.get("dataset", pd.Series(
+            [""] * len(df))).iloc[s:s + B].tolist(), "R": torch.nan_to_num(R).float(), "has_R": hR,
+            "t": torch.nan_to_num(t).float(), "has_t": ht, "vertices": torch.zeros(B, 0, 3),
+            "vertices_mask": torch.zeros(B, 0, dtype=torch.bool), "has_vertices": torch.zeros(B, dtype=torch.bool),
+            "topology": [""] * B}
+
+
+def score(batches: Iterator[dict[str, Any]], pred_R: dict[str, torch.Tensor], pred_t: dict[str, torch.Tensor] | None,
+          euler_rule: str, keep: set[str] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics (``compute_flat`` keys) and the per-sample table over the GT samples with a prediction."""
+    metrics = build_metrics(euler_rule)
+    frames = []
+    for batch in batches:
+        idx = [i for i, s in enumerate(batch["sample_id"]) if s in pred_R and (keep is None or s in keep)]
+        if not idx:
+            continue
+        batch = _select(batch, idx)
+        ids = batch["sample_id"]
+        pred = {"R": torch.stack([pred_R[s] for s in ids]).float()}
+        if pred_t is not None:
+            pred["t"] = torch.stack([pred_t[s] for s in ids]).float()
+        metrics.update(pred, batch)
+        frames.append(pd.DataFrame(prediction_columns(pred, batch, per_sample_errors(pred, batch, euler_rule))))
+    if not frames:
+        raise InputError("no sample to score: no predicted id is in the protocol's test split")
+    values = {k: v for k, v in compute_flat(metrics).items() if not (isinstance(v, float) and math.isnan(v))}
+    frame = pd.concat(frames, ignore_index=True).sort_values("sample_id", kind="stable").reset_index(drop=True)
+    values["num_samples"] = int(len(frame))
+    return values, frame
+
+
+def read_ids(path: str | None) -> set[str] | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"ids file not found: {p}")
+    ids = {line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    if not ids:
+        raise InputError(f"ids file {p} lists no id")
+    return ids
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    subset = read_ids(args.ids)
+    if args.run:
+        run_dir = Path(args.run)
+        df = read_table(run_dir / "predictions.parquet")
+        old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+        rule = args.report_rule or old.get("euler_convention") or "trg"
+        protocol, method = old.get("data") or "run", old.get("model") or "run"
+        experiment = f"{old.get('experiment') or 'run'} (rescored)"
+        batches, gt_ids = parquet_batches(df), df["sample_id"].tolist()
+        fmt, source = "matrix", {"run_dir": str(run_dir), "file": str(run_dir / "predictions.parquet")}
+    else:
+        if not args.predictions or not args.protocol:
+            raise InputError("give a predictions file and --protocol NAME, or --run RUN_DIR")
+        df = read_table(args.predictions)
+        batches, default_rule = protocol_batches(args.protocol, args.overrides)
+        batches = list(batches)
+        gt_ids = [s for b in batches for s in b["sample_id"]]
+        rule = args.report_rule or default_rule
+        protocol, method = args.protocol, args.method or Path(args.predictions).stem
+        experiment = "external"
+        fmt = args.rotation if args.rotation != "auto" else detect_format(df)
+        source = {"file": str(args.predictions), "rotation": fmt, "quat_order": args.quat_order,
+                  "euler_rule": args.euler_rule, "convention": args.convention, "angles": args.angles,
+                  "translation_units": args.translation_units}
+    G.check_rule(rule)
+    if subset is not None:
+        unknown = sorted(subset - set(gt_ids))
+        if unknown:
+            raise InputError(f"--ids: {len(unknown)} ids are not in the protocol, e.g. {unknown[:5]}")
+        gt_ids = [s for s in gt_ids if s in subset]
+    ids = match_ids(df["sample_id"].tolist() if subset is None else [s for s in df["sample_id"] if s in subset],
+                    gt_ids, args.allow_missing, args.allow_extra or subset is not None, str(args.predictions or args.run))
+    R = rotations_from_table(df, fmt, quat_order=args.quat_order, euler_rule=args.euler_rule,
+                             convention=args.convention, angles=args.angles, where=f"{args.predictions or args.run}: ")
+    t = translations_from_table(df, args.translation_units)
+    pred_R = dict(zip(df["sample_id"], R))
+    pred_t = None if t is None or not bool(torch.isfinite(t).all()) else dict(zip(df["sample_id"], t))
+    values, frame = score(iter(batches), pred_R, pred_t, rule, subset)
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out = Path(args.out) if args.out else (run_dir / "rescore" / f"{rule}_{stamp}" if args.run
+                                           else Path("outputs/external") / method / protocol / stamp)
+    check_writable(out, "--out")
+    record = dict(values)
+    record.update({"euler_convention": rule, "experiment": experiment, "external": True, "seed": None,
+                   "model": method, "data": protocol, "loss": None,
+                   "ids": {**ids, "subset_file": args.ids}, "source": source, "git": git_version(),
+                   "scored_utc": datetime.now(timezone.utc).isoformat(), "command": sys.argv})
+    write_parquet(out / "predictions.parquet", frame)
+    write_json(out / "metrics.json", record)
+    return {"out": str(out), **{k: record[k] for k in ("geodesic_deg", "mae_r_deg", "num_samples") if k in record},
+            "euler_convention": rule, "missing": len(ids["missing"]), "extra": len(ids["extra"])}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hpe-bench score", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:5]))
+    p.add_argument("predictions", nargs="?", help="CSV or parquet with sample_id and a rotation per row")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of the protocol's data config, e.g. data.root=...")
+    p.add_argument("--protocol", help="the data option whose test split is the ground truth (conf/data/*.yaml)")
+    p.add_argument("--run", help="re-score an existing run directory's predictions.parquet instead")
+    p.add_argument("--rotation", default="auto", choices=("auto", "matrix", "quat", "euler"))
+    p.add_argument("--quat-order", choices=("xyzw", "wxyz"), help="order of columns q0..q3")
+    p.add_argument("--euler-rule", help=f"rule of yaw/pitch/roll columns: {', '.join(G.EULER_RULES)}")
+    p.add_argument("--convention", help=f"a method's convention: {', '.join(sorted(G.EXTERNAL_EULER_RULES))} "
+                   "(docs/external_methods.md)")
+    p.add_argument("--angles", default="deg", choices=("deg", "rad"))
+    p.add_argument("--translation-units", default="m", choices=("m", "mm"))
+    p.add_argument("--report-rule", help="Euler rule of the per-axis metrics (default: the protocol's)")
+    p.add_argument("--ids", help="score only the ids listed in this file (one per line)")
+    p.add_argument("--allow-missing", action="store_true", help="score although protocol ids lack a prediction")
+    p.add_argument("--allow-extra", action="store_true", help="ignore predicted ids the protocol does not have")
+    p.add_argument("--method", help="method name recorded as 'model' (default: the file name)")
+    p.add_argument("--out", help="output folder (default outputs/external/<method>/<protocol>/<time>)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    try:
+        summary = run(args)
+    except InputError as err:
+        print(f"hpe-bench score: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
