@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[dev,deploy]"
+	# `hpe-bench predict`'s face detector (MTCNN, weights inside the wheel); its metadata pins torch<2.3 and
+	# numpy<2 although its MTCNN runs on current versions, hence --no-deps (docs/predict.md)
+	$(PY) -m pip install --quiet --no-deps "facenet-pytorch==2.6.0"
 	touch $(STAMP)
 
 demo: setup

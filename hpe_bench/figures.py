@@ -174,13 +174,32 @@ def _samples(dataset, ids: Sequence[str] | None, limit: int) -> list[dict[str, A
     return found
 
 
-def _crop_view(img: np.ndarray, box: np.ndarray, size: int = 256, scale: float = 1.6) -> np.ndarray:
-    """The square region ``scale`` x the box around it, resized to ``size`` (padded where it leaves the image)."""
+def _view(img: np.ndarray, box: np.ndarray, size: int = 256, scale: float = 1.6):
+    """The square region ``scale`` x the box around it, resized to ``size`` px (white where it leaves the
+    image), and its affine ``A (3, 3)`` from full-image to view pixels (``geometry.crop_transform``)."""
     import cv2
 
-    sq = G.square_box(torch.as_tensor(box, dtype=torch.float64), scale).numpy()
-    A = G.crop_transform(torch.as_tensor(sq), size).numpy()
-    return cv2.warpAffine(img, A[:2], (size, size), flags=cv2.INTER_AREA, borderValue=(255, 255, 255))
+    sq = G.square_box(torch.as_tensor(box, dtype=torch.float64), scale)
+    A = G.crop_transform(sq, size)
+    view = cv2.warpAffine(img, A[:2].numpy(), (size, size), flags=cv2.INTER_LINEAR, borderValue=(255, 255, 255))
+    return view, A
+
+
+def _draw_sample(img: np.ndarray, K: np.ndarray, box: np.ndarray, poses, landmarks) -> np.ndarray:
+    """Crop-and-zoom first, then draw in view pixels (intrinsics ``A K``, points through ``A``), so lines
+    stay thin on small images. poses: ``(R, t or None, thickness)``; landmarks: ``(points, colour)``."""
+    view, A = _view(img, box)
+    Kv = (A @ torch.as_tensor(K, dtype=torch.float64)).numpy()
+    bv = G.transform_boxes(A[None], torch.as_tensor(box, dtype=torch.float64)[None])[0].numpy()
+    for R, t, thick in poses:
+        if t is not None:
+            view = viz.draw_axes(view, R, t, Kv, thickness=thick)
+        else:  # no translation: orthographic axes at the box centre
+            view = viz.draw_axes_ortho(view, R, (bv[:2] + bv[2:]) / 2, (bv[2] - bv[0]) / 2, thick)
+    for pts, colour in landmarks:
+        pv = G.apply_transform_2d(A, torch.as_tensor(np.asarray(pts)[:, :2], dtype=torch.float64)).numpy()
+        view = viz.draw_landmarks(view, pv, colour, radius=1.5)
+    return viz.draw_box(view, bv, color=(255, 200, 0), thickness=1)
 
 
 @torch.no_grad()
@@ -202,21 +221,15 @@ def worst(run_dir: str | Path, out: Path, n: int = 8, ncols: int = 4, name: str 
         if i >= len(batch["sample_id"]):
             continue
         img = batch["image"][i].permute(1, 2, 0).numpy().astype(np.uint8)
-        box = batch["box"][i].numpy()
-        for R, t, thick, has in ((batch["R"][i], batch["t"][i], 1, bool(batch["has_R"][i])),
-                                 (pred["R"][i], pred["t"][i] if "t" in pred else None, 3, True)):
-            if not has:
-                continue
-            if t is not None and bool(batch["has_t"][i] if thick == 1 else True):
-                img = viz.draw_axes(img, R.numpy(), t.numpy(), K[i], thickness=thick)
-            else:  # no translation: orthographic axes at the box centre
-                img = viz.draw_axes_ortho(img, R.numpy(), (box[:2] + box[2:]) / 2, (box[2] - box[0]) / 2, thick)
+        poses, marks = [], []
+        if bool(batch["has_R"][i]):
+            poses.append((batch["R"][i].numpy(), batch["t"][i].numpy() if bool(batch["has_t"][i]) else None, 1))
+        poses.append((pred["R"][i].numpy(), pred["t"][i].numpy() if "t" in pred else None, 3))
         if bool(batch["has_landmarks_2d"][i]):
-            img = viz.draw_landmarks(img, batch["landmarks_2d"][i].numpy(), GT_COLOUR, radius=1.5)
+            marks.append((batch["landmarks_2d"][i].numpy(), GT_COLOUR))
         if "landmarks_2d" in pred:
-            img = viz.draw_landmarks(img, pred["landmarks_2d"][i].numpy(), PRED_COLOUR, radius=1.5)
-        img = viz.draw_box(img, box, color=(255, 200, 0), thickness=1)
-        ax.imshow(_crop_view(img, box))
+            marks.append((pred["landmarks_2d"][i].numpy(), PRED_COLOUR))
+        ax.imshow(_draw_sample(img, K[i], batch["box"][i].numpy(), poses, marks))
         err = picked.set_index("sample_id").loc[batch["sample_id"][i], "geodesic_deg"]
         ax.set_title(f"{batch['sample_id'][i]}\ngeodesic {err:.1f}°", fontsize=7)
     fig.suptitle(f"worst rotation errors: {_label(run_dir, record)}; predicted thick / blue landmarks, "
@@ -264,39 +277,48 @@ def noise(run_dirs: Sequence[str | Path], out: Path, sigmas: Sequence[float] = S
 
 
 # -- from datasets -----------------------------------------------------------------------------------------
-def translation_distributions(specs: Sequence[str], out: Path, limit: int = 2000, box_scale: float = 1.2,
-                              name: str = "trg_fig3_translation") -> list[Path]:
-    """TRG Fig. 3: histograms of GT t (mm) and of the correction c = (s, dx, dy) that gives it from the crop
-    box (``square_box(box, box_scale)``, TRG's 1.2) and K, per ``data[:split]`` (a conf/data option; split
-    default test), over at most ``limit`` samples each."""
+def datasets_from_specs(specs: Sequence[str], overrides: Sequence[str] = ()) -> list[tuple[str, Any]]:
+    """``(label, dataset)`` for each ``data[:split]`` (a conf/data option, split default test), composed with
+    the extra Hydra ``overrides`` (e.g. ``debug=default`` for the tiny sizes)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from .models.trg_parts import translation_to_correction
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
-    labels = ["t_x (mm)", "t_y (mm)", "t_z (mm)", "s", "dx (box sides)", "dy (box sides)"]
+    out = []
     for spec in specs:
         data, _, split = spec.partition(":")
-        split = split or "test"
-        with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
-            cfg = compose("config", overrides=[f"data={data}"])
-        dm = instantiate(cfg.data)
-        dm.prepare_data()
-        ds = dm.datasets.get(split)
-        if ds is None:
-            raise ValueError(f"data={data} has no {split} split (conf/data/{data}.yaml)")
+        with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
+            cfg = compose("config", overrides=[f"data={data}", *overrides])
+        out += _splits(instantiate(cfg.data), data, [split or "test"])
+    return out
+
+
+def _splits(datamodule, name: str, splits: Sequence[str]) -> list[tuple[str, Any]]:
+    datamodule.prepare_data()
+    missing = [s for s in splits if datamodule.datasets.get(s) is None]
+    if missing:
+        raise ValueError(f"data={name} has no {', '.join(missing)} split (conf/data/{name}.yaml)")
+    return [(f"{name}:{s}", datamodule.datasets[s]) for s in splits]
+
+
+def translation_distributions(sources: Sequence[tuple[str, Any]], out: Path, limit: int = 2000,
+                              box_scale: float = 1.2, name: str = "trg_fig3_translation") -> list[Path]:
+    """TRG Fig. 3: histograms of GT t (mm) and of the correction c = (s, dx, dy) that gives it from the crop
+    box (``square_box(box, box_scale)``, TRG's 1.2) and K (``models.trg_parts.translation_to_correction``),
+    per ``(label, dataset)``, over at most ``limit`` samples each."""
+    from .models.trg_parts import translation_to_correction
+
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
+    labels = ["t_x (mm)", "t_y (mm)", "t_z (mm)", "s", "dx (box sides)", "dy (box sides)"]
+    for label, ds in sources:
         rows = [s for s in (ds[i] for i in range(min(len(ds), limit))) if "t" in s and "K" in s]
         if not rows:
-            raise ValueError(f"data={data}:{split} has no samples with t and K labels")
+            raise ValueError(f"{label} has no samples with t and K labels")
         t = torch.as_tensor(np.stack([s["t"] for s in rows]), dtype=torch.float64)
         box = G.square_box(torch.as_tensor(np.stack([s["box"] for s in rows]), dtype=torch.float64), box_scale)
         K = torch.as_tensor(np.stack([s["K"] for s in rows]), dtype=torch.float64)
-        c = translation_to_correction(t, box, K)
-        values = torch.cat([t * 1000.0, c], -1).numpy()
+        values = torch.cat([t * 1000.0, translation_to_correction(t, box, K)], -1).numpy()
         for k, ax in enumerate(axes.flat):
-            ax.hist(values[:, k], bins=40, alpha=0.5, density=True, label=f"{data}:{split} ({len(rows)})")
+            ax.hist(values[:, k], bins=40, alpha=0.5, density=True, label=f"{label} ({len(rows)})")
     for k, ax in enumerate(axes.flat):
         ax.set_xlabel(labels[k])
         ax.grid(alpha=0.3)
@@ -347,11 +369,19 @@ def make_all(root: str | Path, out: Path, noise_runs: int = 4, noise_limit: int 
     with_ckpt = [r for r in runs if (r / "checkpoints").is_dir()][-noise_runs:]
     if with_ckpt:
         attempt("noise", lambda: noise(with_ckpt, out, sigmas, draws, noise_limit))
-    datas = sorted({json.loads((r / "metrics.json").read_text()).get("data") for r in runs
-                    if (r / "metrics.json").is_file()} - {None})
-    if datas:
-        specs = [f"{d}:{s}" for d in datas for s in ("train", "test")]
-        attempt("translation", lambda: translation_distributions(specs, out, translation_limit))
+    if runs:  # each data config the runs used (their own sizes), train and test split
+        def sources():
+            from hydra.utils import instantiate
+            from omegaconf import OmegaConf
+
+            configs = {}
+            for r in runs:
+                if (r / ".hydra" / "config.yaml").is_file():
+                    data = OmegaConf.load(r / ".hydra" / "config.yaml").data
+                    configs.setdefault(str(data.get("name")), data)
+            return [src for name, data in configs.items()
+                    for src in _splits(instantiate(data), name, [s for s in ("train", "test") if data.get(s)])]
+        attempt("translation", lambda: translation_distributions(sources(), out, translation_limit))
     return status
 
 
@@ -373,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("data", nargs="+", help="conf/data option[:split], e.g. synthetic:train synthetic:test biwi_6dof")
     p.add_argument("--limit", type=int, default=2000, help="samples per dataset")
     p.add_argument("--box-scale", type=float, default=1.2)
+    p.add_argument("--override", action="append", default=[], help="Hydra override, e.g. debug=default")
     p = sub.add_parser("yaw-bins", help="error vs |yaw| bins, one line per run")
     p.add_argument("runs", nargs="+")
     p.add_argument("--width", type=float, default=15.0)
@@ -388,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "uncertainty":
             uncertainty(args.runs, out)
         elif args.cmd == "translation":
-            translation_distributions(args.data, out, args.limit, args.box_scale)
+            translation_distributions(datasets_from_specs(args.data, args.override), out, args.limit, args.box_scale)
         elif args.cmd == "yaw-bins":
             yaw_bins(args.runs, out, args.width)
         else:

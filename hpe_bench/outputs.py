@@ -21,8 +21,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-METRIC_KEYS = ("geodesic_deg", "mae_r_deg", "yaw_deg", "pitch_deg", "roll_deg", "tx_mm", "ty_mm", "tz_mm",
-               "mae_t_mm", "add_mm", "nme2d", "num_samples")
 AXES = ("x", "y", "z")
 
 

@@ -1,13 +1,15 @@
 """Checks of a composed run config that need no work: they run before Hydra creates the run directory.
 
-``preflight(cfg, run_dir)`` resolves every config value, checks that each dataset root the run will read
-exists (naming the environment variable that sets it) and that ``ckpt_path`` is a Lightning checkpoint
-(``ckpt_path=last`` -> ``<run_dir>/checkpoints/last.ckpt``). It raises ``UserError``: a mistake in the command
-line or the environment, printed as its message alone (``HYDRA_FULL_ERROR=1`` shows the traceback).
+``preflight(cfg, run_dir)`` checks that the run directory can be created, that every config value resolves,
+that ``euler_rule`` is known, that each dataset root the run will read exists (naming the environment
+variable that sets it) and that ``ckpt_path`` is a Lightning checkpoint (``ckpt_path=last`` ->
+``<run_dir>/checkpoints/last.ckpt``). It raises ``UserError``: a mistake in the command line or the
+environment, printed as its message alone (``HYDRA_FULL_ERROR=1`` shows the traceback).
 ``hpe_bench.jobs`` calls it from a Hydra callback before the run directory exists (docs/running.md).
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -180,8 +182,21 @@ def check_euler_rule(cfg: DictConfig) -> None:
         raise UserError(f"euler_rule={rule}: {err}") from err
 
 
+def check_run_dir(run_dir: str | Path, key: str = "hydra.run.dir") -> None:
+    """The run directory exists as a directory or can be created (its nearest existing ancestor is a writable
+    directory); else ``UserError`` naming it and ``key``. Creating it is Hydra's job, after these checks."""
+    path = Path(os.path.abspath(run_dir))
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"output directory {str(path)!r} (config key {key}) cannot be created: "
+                        f"{str(ancestor)!r} is not a writable directory")
+
+
 def preflight(cfg: DictConfig, run_dir: str | Path) -> Optional[Path]:
     """All checks above; returns the checkpoint file ``ckpt_path`` names (None if unset)."""
+    check_run_dir(run_dir)
     check_config(cfg)
     check_euler_rule(cfg)
     check_data_roots(cfg)

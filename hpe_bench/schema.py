@@ -116,7 +116,3 @@ def collate(samples: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 out[i] = torch.as_tensor(np.asarray(s[f.name], np.float32))
         batch[f.name] = out
     return batch
-
-
-def batch_size(batch: Mapping[str, Any]) -> int:
-    return int(batch["image"].shape[0])

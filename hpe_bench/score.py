@@ -305,7 +305,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quat-order", choices=("xyzw", "wxyz"), help="order of columns q0..q3")
     p.add_argument("--euler-rule", help=f"rule of yaw/pitch/roll columns: {', '.join(G.EULER_RULES)}")
     p.add_argument("--convention", help=f"a method's convention: {', '.join(sorted(G.EXTERNAL_EULER_RULES))} "
-                   "(docs/external_methods.md)")
+                   "(docs/score.md)")
     p.add_argument("--angles", default="deg", choices=("deg", "rad"))
     p.add_argument("--translation-units", default="m", choices=("m", "mm"))
     p.add_argument("--report-rule", help="Euler rule of the per-axis metrics (default: the protocol's)")

@@ -223,7 +223,7 @@ def test_reference_code_conventions_known_values():
     np.testing.assert_array_equal(G.sixd_to_row_major(G.matrix_to_sixd(R)).numpy(), row_major.numpy())
     perm = G.grid_order_permutation(18)  # ours y-major (x = lin[i % 18]), theirs x-major (x = lin[k // 18])
     assert perm[1].item() == 18 and perm[18].item() == 1 and perm[323].item() == 323
-    p = torch.tensor([[0.0, 191.0], [192.0, 96.0]])
+    p = torch.tensor([[0.0, 191.0], [192.0, 96.0]], dtype=torch.float64)
     np.testing.assert_allclose(G.normalize_sampling_points(p, 192, "size").numpy(), [[-1, 191 / 96 - 1], [1, 0]])
     np.testing.assert_allclose(G.normalize_sampling_points(p, 192).numpy(), [[-1, 1], [192 / 95.5 - 1, 96 / 95.5 - 1]])
     cells = G.heatmap_cell_positions(48, 192, "trg_code", torch.float64)

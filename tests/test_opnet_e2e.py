@@ -28,7 +28,7 @@ def test_opnet_trains_and_tests_on_synthetic(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = next((tmp_path / "runs" / "default").iterdir())
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["model"] == "opnet" and metrics["loss"] == "opnet" and metrics["num_samples"] == 6
+    assert metrics["model"] == "opnet" and metrics["loss"] == "opnet_code" and metrics["num_samples"] == 6
     for key in ("geodesic_deg", "mae_t_mm", "nme2d"):  # 6DoF + landmarks from an orthographic network
         assert np.isfinite(metrics[key]), key
     df = pd.read_parquet(out / "predictions.parquet")

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+
+from hpe_bench.preflight import UserError, check_data_roots, resolve_ckpt_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["debug=default", "model.net.backbone=resnet10t", "logger=csv"]
@@ -53,36 +56,63 @@ def test_missing_dataset_root_stops_before_the_run_directory(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_dataset_root_that_does_not_exist_is_named(tmp_path):
-    missing = tmp_path / "no_such_arkitface"
-    proc = run_cli(tmp_path, "model=trg", "data=arkitface", env=_env(tmp_path, HPE_ARKITFACE_ROOT=str(missing)))
-    assert proc.returncode != 0 and str(missing) in proc.stderr and "HPE_ARKITFACE_ROOT" in proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
-
-
 def test_config_value_that_does_not_resolve_stops_before_the_run_directory(tmp_path):
-    proc = run_cli(tmp_path, "model.crop.size=${no_such_key}")
+    proc = run_cli(tmp_path, "model.crop.size=${no_such_key}", f"ckpt_path={tmp_path / 'nothing.ckpt'}")
     assert proc.returncode != 0 and "no_such_key" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
 
-def test_bad_ckpt_path_is_named_before_any_work(tmp_path):
+def test_missing_ckpt_path_is_named_before_any_work(tmp_path):
     missing = tmp_path / "nothing.ckpt"
     proc = run_cli(tmp_path, f"ckpt_path={missing}")
     assert proc.returncode != 0 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
-    not_a_ckpt = tmp_path / "notes.ckpt"
-    not_a_ckpt.write_text("not a checkpoint")
-    proc = run_cli(tmp_path, f"ckpt_path={not_a_ckpt}", "train=false")
-    assert proc.returncode != 0 and str(not_a_ckpt) in proc.stderr and "not a checkpoint" in proc.stderr
-    proc = run_cli(tmp_path, f"hydra.run.dir={tmp_path / 'fresh'}", "ckpt_path=last")
-    assert proc.returncode != 0 and "last.ckpt" in proc.stderr
-    assert not (tmp_path / "out").exists() and not (tmp_path / "fresh").exists()
+    assert not (tmp_path / "out").exists()
+
+
+# in-process checks of the same preflight (no subprocess: the suite stays short)
+def compose_with(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return compose("config", overrides=list(overrides))
+
+
+def test_dataset_root_that_does_not_exist_names_path_and_variable(tmp_path, monkeypatch):
+    missing = tmp_path / "no_such_arkitface"
+    monkeypatch.setenv("HPE_ARKITFACE_ROOT", str(missing))
+    monkeypatch.delenv("HPE_300WLP_ROOT", raising=False)
+    cfg = compose_with("model=trg", "data=arkitface")
+    with pytest.raises(UserError, match="HPE_ARKITFACE_ROOT") as err:
+        check_data_roots(cfg)
+    assert str(missing) in str(err.value) and "data.root" in str(err.value)
+    # a root that exists passes; only the stages the run executes are checked
+    missing.mkdir()
+    check_data_roots(cfg)
+    with pytest.raises(UserError, match="HPE_300WLP_ROOT"):  # a mixture member names its own variable
+        check_data_roots(compose_with("data=mix_trg", "test=false"))
+    monkeypatch.delenv("HPE_ARKITFACE_ROOT")
+    check_data_roots(compose_with("model=trg", "data=arkitface", "train=false", "test=false"))
+
+
+def test_ckpt_path_that_is_no_checkpoint_or_last_without_one(tmp_path):
+    notes = tmp_path / "notes.ckpt"
+    notes.write_text("not a checkpoint")
+    with pytest.raises(UserError, match="not a checkpoint") as err:
+        resolve_ckpt_path(str(notes), tmp_path)
+    assert str(notes) in str(err.value)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    with pytest.raises(UserError, match="not a Lightning checkpoint"):
+        resolve_ckpt_path(str(tmp_path / "plain.pt"), tmp_path)
+    with pytest.raises(UserError, match="last.ckpt"):
+        resolve_ckpt_path("last", tmp_path / "run")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": {}, "global_step": 7}, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert resolve_ckpt_path("last", tmp_path / "run") == tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert resolve_ckpt_path(None, tmp_path) is None
 
 
 # ------------------------------------------------------------------ kill -9, then resume in the same directory
 @pytest.mark.slow
 def test_kill_during_fit_then_resume_from_last_checkpoint(tmp_path):
-    steps = ["trainer.max_steps=12", "callbacks.checkpoint.every_n_train_steps=4"]
+    steps = ["trainer.max_steps=6", "callbacks.checkpoint.every_n_train_steps=2"]
     proc = subprocess.Popen(_cmd(tmp_path, *steps), cwd=ROOT, env=_env(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     runs = tmp_path / "out" / "runs" / "default"
@@ -101,13 +131,13 @@ def test_kill_during_fit_then_resume_from_last_checkpoint(tmp_path):
     run_dir = ckpt.parents[1]
     assert not (run_dir / "metrics.json").exists()
     saved = global_step(ckpt)
-    assert 0 < saved < 12
+    assert 0 < saved < 6
 
     # the documented resume command: the run's directory and ckpt_path=last, with the run's overrides
     done = run_cli(tmp_path, *steps, f"hydra.run.dir={run_dir}", "ckpt_path=last")
     assert done.returncode == 0, done.stderr[-4000:]
     assert f"training resumes at global step {saved}" in done.stdout + done.stderr
-    assert global_step(run_dir / "checkpoints" / "last.ckpt") == 12
+    assert global_step(run_dir / "checkpoints" / "last.ckpt") == 6
     assert [p.parent for p in (tmp_path / "out").rglob("metrics.json")] == [run_dir]
     assert [p.parent for p in (tmp_path / "out").rglob("predictions.parquet")] == [run_dir]
     info = json.loads((run_dir / "run_info.json").read_text())

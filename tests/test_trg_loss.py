@@ -285,6 +285,6 @@ def test_tiny_cli_run_writes_dense_metrics(tmp_path):
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     (path,) = (tmp_path / "out").rglob("metrics.json")
     metrics = json.loads(path.read_text())
-    assert metrics["model"] == "trg" and metrics["loss"] == "trg" and metrics["num_samples"] == 8
+    assert metrics["model"] == "trg" and metrics["loss"] == "trg_code" and metrics["num_samples"] == 8
     for key in ("add_mm", "dense_mean_mm", "geodesic_deg", "mae_t_mm"):
         assert key in metrics and math.isfinite(metrics[key]), key

@@ -6,8 +6,8 @@ from hpe_bench import geometry as G
 from hpe_bench.assets import arkit_face
 from hpe_bench.models import create_model, list_models
 from hpe_bench.models.crop import CropInput
-from hpe_bench.models.trg import (correction_to_translation,
-                                  sample_features, soft_argmax, translation_to_correction)
+from hpe_bench.models.trg_parts import (correction_to_translation, sample_features, soft_argmax,
+                                        translation_to_correction)
 
 S = 192
 

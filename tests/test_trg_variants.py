@@ -15,8 +15,8 @@ from hpe_bench.assets import ARKIT_TOPOLOGY, arkit_face
 from hpe_bench.losses.trg import TRGLoss
 from hpe_bench.metrics import build_metrics, compute_flat, per_sample_errors
 from hpe_bench.models.crop import CropInput
-from hpe_bench.models.trg import TRG, local_frame, params_to_translation, translation_to_params
-from hpe_bench.models.trg_parts import TRANSLATION_RULES
+from hpe_bench.models.trg import TRG
+from hpe_bench.models.trg_parts import TRANSLATION_RULES, local_frame, params_to_translation, translation_to_params
 from hpe_bench.schema import collate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

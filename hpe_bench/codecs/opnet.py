@@ -29,9 +29,10 @@ Both directions use the same two facts, so a label encoded and decoded again is 
    are centred on the face box, so both rays nearly agree there. Samples without ``K`` (300W-LP,
    AFLW2000-3D: weak-perspective labels) use ``R`` as is, in both directions.
 
-Every crop, intrinsics and frame rule comes from ``hpe_bench.geometry`` (``crop_to_normalized``,
-``apply_transform_2d``, ``similarity_scale`` / ``similarity_rotation`` of the crop map, ``ray_rotation``,
-``project_points``); this module only adds OpNet's own quantities (the head-size prior, the BFM68 origin).
+Every crop, intrinsics and frame rule comes from ``hpe_bench.geometry`` (``crop_to_normalized`` and its
+``normalized_per_crop_pixel``, ``apply_transform_2d``, ``similarity_scale`` / ``similarity_rotation`` of the crop
+map, ``ray_rotation``, ``project_points``); this module only adds OpNet's own quantities (the head-size prior,
+the BFM68 origin).
 """
 from __future__ import annotations
 
@@ -90,11 +91,6 @@ def _to_full(points: Tensor, A: Tensor, S: int) -> Tensor:
     return G.apply_transform_2d(torch.linalg.inv(A), G.normalized_to_crop(points, S))
 
 
-def _unit(S: int) -> float:
-    """Normalised crop units per crop pixel: the linear factor of ``geometry.crop_to_normalized``."""
-    return 2.0 / (S - 1)
-
-
 def head_coord_from_pose(R: Tensor, t: Tensor, K: Tensor, unit_m: float = BFM_UNIT_M,
                          origin_m: tuple = BFM_ORIGIN_M) -> Tensor:
     """OpNet ``coord`` in full-image pixels ``(B, 3)`` = (x, y, size) of a head at pose ``R (B, 3, 3)``,
@@ -142,7 +138,7 @@ def encode(batch: Mapping[str, Any], inputs: Mapping[str, Tensor], unit_m: float
     get = lambda k: batch[k].to(device=dev, dtype=dt)  # noqa: E731
     has = lambda k: batch[f"has_{k}"].to(device=dev, dtype=torch.bool)  # noqa: E731
     has_K = has_K.to(device=dev, dtype=torch.bool)
-    s_A, unit = G.similarity_scale(A), _unit(S)
+    s_A, unit = G.similarity_scale(A), G.normalized_per_crop_pixel(S)
     out: dict[str, Tensor] = {}
 
     # --- coord: full-image pixels first (needed for the rotation's ray), then the crop.
@@ -215,7 +211,7 @@ def decode(out: Mapping[str, Tensor], inputs: Mapping[str, Tensor], unit_m: floa
     xy = _to_full(coord[:, None, :2], A, S)[:, 0]
     # smoothclip keeps size > 0 but an untrained head can underflow it to 0 (depth inf): floor it at 0.5 % of
     # the crop (a head radius of ~0.3 crop pixel), far below any real face, so every prediction stays finite.
-    size = coord[:, 2].clamp_min(MIN_CROP_SIZE) / (G.similarity_scale(A) * _unit(S))
+    size = coord[:, 2].clamp_min(MIN_CROP_SIZE) / (G.similarity_scale(A) * G.normalized_per_crop_pixel(S))
     coord_px = torch.cat([xy, size[:, None]], -1)
     R_local = G.similarity_rotation(A).transpose(-1, -2) @ R_crop
     R = torch.where(has_K[:, None, None], G.ray_rotation(K, xy) @ R_local, R_local)

@@ -22,7 +22,7 @@ __all__ = [
     "transform_points", "project_points", "make_intrinsics", "intrinsics_from_fov", "fallback_intrinsics",
     "box_from_points", "square_box", "crop_transform", "crop_intrinsics", "apply_transform_2d",
     "crop_images", "ray_rotation", "depth_relative_points", "crop_to_normalized", "normalized_to_crop",
-    "crop_to_box_normalized",
+    "crop_to_box_normalized", "normalized_per_crop_pixel",
     "similarity_transform", "det2", "similarity_scale", "similarity_rotation", "similarity_camera", "similarity_pose",
     "apply_similarity_3d",
     "transform_boxes", "box_features",
@@ -142,10 +142,15 @@ def crop_images(images: Tensor, box: Tensor, out_size: int | tuple[int, int], mo
                           align_corners=True)
 
 
+def normalized_per_crop_pixel(size: int) -> float:
+    """Normalised units per crop pixel, the linear factor of ``crop_to_normalized`` (to convert lengths)."""
+    return 2.0 / (size - 1)
+
+
 def crop_to_normalized(points: Tensor, size: int) -> Tensor:
     """Crop pixels ``(..., 2)`` (``x in [0, S-1]``, integer pixel centres) -> ``[-1, 1]``, exactly as
     ``grid_sample(align_corners=True)`` reads a feature map covering the crop."""
-    return points * (2.0 / (size - 1)) - 1.0
+    return points * normalized_per_crop_pixel(size) - 1.0
 
 
 def normalized_to_crop(points: Tensor, size: int) -> Tensor:

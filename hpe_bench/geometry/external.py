@@ -1,4 +1,4 @@
-"""Output conventions of other head-pose methods, converted to hpe_bench's frames (docs/external_methods.md).
+"""Output conventions of other head-pose methods, converted to hpe_bench's frames (docs/score.md).
 
 Read from the methods' public code (the files are named in the docs); every conversion is pinned by a
 hand-derived test in tests/test_score.py.

@@ -103,17 +103,15 @@ def transform_labels(labels: Mapping[str, Any], S: Tensor, image_size: tuple[int
         put("landmarks_3d", swap(apply_similarity_3d(S, labels["landmarks_3d"].to(S))))
     if "head_2d" in labels:  # (x, y, size): xy by S, the size scales with s like the z of landmarks_3d
         put("head_2d", apply_similarity_3d(S, labels["head_2d"].to(S)[:, None])[:, 0])
-    # Both cameras (the label K and the assumed one of samples without K) in one call: (B, 2, 3, 3).
-    assumed = image_intrinsics(None, None, image_size, labels.get("K_fallback"), labels.get("has_K_fallback"),
-                               batch_size=B, dtype=S.dtype, device=dev)
-    K = labels["K"].to(S) if "K" in labels else torch.zeros_like(assumed)
-    Q3, cams = similarity_camera(S[:, None], torch.stack([K, assumed], 1))
-    Q3 = Q3[:, 0]
+    # One camera per sample -- its K, else the one assumed for it (image_intrinsics) -- moved once.
+    camera = image_intrinsics(labels.get("K"), labels.get("has_K"), image_size, labels.get("K_fallback"),
+                              labels.get("has_K_fallback"), batch_size=B, dtype=S.dtype, device=dev)
+    Q3, camera = similarity_camera(S, camera)
     if "K" in labels:
-        put("K", cams[:, 0])
+        put("K", camera)
     need_fb = ~has("K")
-    old_fb = labels["K_fallback"].to(S) if "K_fallback" in labels else torch.zeros_like(assumed)
-    out["K_fallback"] = torch.where(_rows(need_fb, old_fb), cams[:, 1], old_fb)
+    old_fb = labels["K_fallback"].to(S) if "K_fallback" in labels else torch.zeros_like(camera)
+    out["K_fallback"] = torch.where(_rows(need_fb, camera), camera, old_fb)
     out["has_K_fallback"] = need_fb
     if "R" in labels or "t" in labels:
         R = labels["R"].to(S) if "R" in labels else torch.zeros(B, 3, 3, dtype=S.dtype, device=dev)

@@ -29,13 +29,8 @@ from ..assets import arkit_face
 from ..deploy.spec import POSE_OUTPUTS, ExportSpec
 from . import register_model
 from .backbones import create_backbone
-from .trg_parts import (FACE_SIZE, TRANSLATION_RULES, FaceRegressor, PointReduction,
-                        correction_to_translation, deconv_block, local_frame, params_to_translation,
-                        sample_features, soft_argmax, translation_to_correction, translation_to_params)
-
-__all__ = ["TRG", "FACE_SIZE", "TRANSLATION_RULES", "correction_to_translation", "translation_to_correction",
-           "params_to_translation", "translation_to_params", "local_frame", "sample_features", "soft_argmax",
-           "PointReduction", "FaceRegressor"]  # the pieces live in trg_parts; importable from here as before
+from .trg_parts import (FACE_SIZE, TRANSLATION_RULES, FaceRegressor, PointReduction, deconv_block, local_frame,
+                        params_to_translation, sample_features, soft_argmax)
 
 SAMPLING = ("projected", "grid")
 BBOX_INFO = {"full": 3, "no_size": 2, "none": 0}  # Table 7: I_bbox, I_bbox without b/f, no I_bbox
