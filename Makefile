@@ -9,13 +9,16 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast bench table clean-cache help export bench-latency
+.PHONY: setup demo test test-fast bench table figures grid clean-cache help export bench-latency
 
 help:
 	@echo "make demo    - set up if needed, train + test the baseline on the embedded synthetic dataset"
 	@echo "make test    - set up if needed, run the test suite"
 	@echo "make bench   - benchmarks (synthetic generation speed, ...)"
-	@echo "make table   - collect outputs/**/metrics.json into outputs/table.md (mean/std over seeds)"
+	@echo "make table   - outputs/table.md (every run, mean/std over seeds) + the paper tables beside the published"
+	@echo "               numbers in outputs/tables/<paper>_<table>.md/.tex/.csv (TABLE_ARGS=\"--protocol arkitface=synthetic\")"
+	@echo "make figures - the papers' figures from the runs under outputs/ into outputs/figures/ (PNG + PDF)"
+	@echo "make grid PAPER=trg TABLE=table1 [SEEDS=1,2,3] [GRID_ARGS=\"--dry-run trainer=gpu\"] - one paper table's runs"
 	@echo "make setup   - create $(VENV) (TORCH=... picks the torch build)"
 	@echo "make export RUN=<run dir> - ONNX model + JSON sidecar into <run dir>/export/ (docs/deployment.md)"
 	@echo "make bench-latency - batch-1 CPU latency, ONNX Runtime vs PyTorch, 2 threads"
@@ -54,7 +57,16 @@ bench-latency: setup
 	$(PY) benchmarks/bench_latency.py $(BENCH_ARGS)
 
 table: setup
-	$(PY) -m hpe_bench.table outputs --out outputs/table.md
+	$(PY) -m hpe_bench.table outputs --out outputs/table.md --paper-dir outputs/tables $(TABLE_ARGS)
+
+figures: setup
+	$(PY) -m hpe_bench.figures --out outputs/figures all outputs
+
+# Re-entrant: running it again skips finished jobs and retries failed ones (experiments/README.md).
+SEEDS ?= 1,2,3
+grid: setup
+	@test -n "$(PAPER)" -a -n "$(TABLE)" || (echo "usage: make grid PAPER=opnet|trg TABLE=table1 [SEEDS=1,2,3] [GRID_ARGS=...]" && exit 2)
+	$(PY) -m hpe_bench.grid $(PAPER) $(TABLE) --seeds $(SEEDS) $(GRID_ARGS)
 
 clean-cache:
 	rm -rf .cache/hpe_bench

@@ -157,6 +157,11 @@ def preprocessing_spec(crop: nn.Module) -> dict[str, Any]:
         "box_scale": float(crop.box_scale),
         "mean": crop.mean.flatten().tolist(), "std": crop.std.flatten().tolist(),
         "pixel_range": "[0, 1] (uint8 / 255) before (x - mean) / std",
+        # the authors' input conventions (model=*_code, geometry.reference_code); "corner"/"bilinear"/
+        # "principal_point"/false is hpe_bench's own crop, the only one deploy.runtime.crop_inputs implements
+        "mapping": getattr(crop, "mapping", "corner"), "resize": getattr(crop, "resize", "bilinear"),
+        "bbox_reference": getattr(crop, "bbox_reference", "principal_point"),
+        "quantize": bool(getattr(crop, "quantize", False)),
         "crop": "square_box(box, box_scale): centre kept, side = box_scale * max(w, h); then the affine "
                 "A = geometry.crop_transform(box, crop_size) (x' = (x - x0) * S / side), bilinear "
                 "(OpenCV warpAffine with A[:2] matches); grayscale = 0.299 R + 0.587 G + 0.114 B",

@@ -13,7 +13,6 @@ docs/reproducing.md ("The authors' released checkpoints") lists the commands and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Sequence
 
@@ -35,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # the output location: unwritable directory, full disk
         print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out} ({meta['format']} {json.dumps(meta['variant']) if meta['variant'] else ''})".rstrip())
+    variant = "".join(f", {k} {v}" for k, v in meta["variant"].items())
+    print(f"wrote {args.out} (format {meta['format']}{variant})")
     for key, diff in meta["dropped_buffers"].items():
         if diff["max_abs_diff_to_asset"] > 1e-6:
             print(f"note: the file's {key} differs from hpe_bench's asset by up to {diff['max_abs_diff_to_asset']:.3g} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -20,6 +21,17 @@ from .results import Row, Table
 PROTOCOL_NAMES = {"aflw2000": "AFLW2000-3D", "arkitface": "ARKitFace", "biwi_6dof": "BIWI", "biwi": "BIWI",
                   "synthetic": "synthetic"}
 GAP = "—"
+PER_AXIS = ("yaw_deg", "pitch_deg", "roll_deg", "mae_r_deg")  # the metrics that depend on the Euler rule
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def protocol_rule(protocol: str) -> str | None:
+    """The Euler rule a protocol reports per-axis errors under (``euler_rule`` of conf/data/<protocol>.yaml)."""
+    path = CONF_DIR / "data" / f"{protocol}.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+    return OmegaConf.load(path).get("euler_rule")
 
 
 def metric_digits(metric: str) -> int:
@@ -82,13 +94,26 @@ def fill(table: Table, runs: pd.DataFrame, protocol_map: dict[str, str] | None =
             cell = Cell(col.protocol, source, col.metric, None if row.values is None else row.values[i])
             if not picked.empty and col.metric in picked:
                 sel = picked[(picked["protocol"] == source) & picked[col.metric].notna()]
+                seeded = sel["seed"].notna() if "seed" in sel else pd.Series(False, index=sel.index)
+                dup = seeded & sel.duplicated(subset=["seed"], keep="first") if "seed" in sel else seeded
+                if dup.any():  # e.g. a re-test directory and metrics/<protocol>.json of one run: count a seed once
+                    warnings.append(f"{row.preset}: several {source} results for seed(s) "
+                                    f"{sorted(set(sel.loc[dup, 'seed']))}; the first (by path) is used")
+                    sel = sel[~dup]
                 values = sel[col.metric].astype(float)
                 cell.n = int(len(values))
                 if cell.n:
                     cell.mean = float(values.mean())
                     cell.se = float(values.std(ddof=1) / math.sqrt(cell.n)) if cell.n > 1 else None
                     cell.run_dirs = sorted(sel["run_dir"].astype(str))
+                    rules = set(sel.get("euler_convention", pd.Series(dtype=str)).dropna())
+                    paper_rule = protocol_rule(col.protocol)
+                    if col.metric in PER_AXIS and paper_rule and rules - {paper_rule}:
+                        warnings.append(f"{row.preset}: per-axis errors on {source} scored with the "
+                                        f"{'/'.join(sorted(rules))} Euler rule; the paper's {col.protocol} uses "
+                                        f"{paper_rule} (re-score with hpe-bench score --run ... --report-rule)")
             cells.append(cell)
+        warnings = list(dict.fromkeys(warnings))
         out.append(RowResult(row, cells, config, warnings))
     return out
 

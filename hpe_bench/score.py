@@ -271,7 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise InputError(f"--ids: {len(unknown)} ids are not in the protocol, e.g. {unknown[:5]}")
         gt_ids = [s for s in gt_ids if s in subset]
     ids = match_ids(df["sample_id"].tolist() if subset is None else [s for s in df["sample_id"] if s in subset],
-                    gt_ids, args.allow_missing, args.allow_extra or subset is not None, str(args.predictions or args.run))
+                    gt_ids, args.allow_missing, args.allow_extra or subset is not None,
+                    str(args.predictions or args.run))
     R = rotations_from_table(df, fmt, quat_order=args.quat_order, euler_rule=args.euler_rule,
                              convention=args.convention, angles=args.angles, where=f"{args.predictions or args.run}: ")
     t = translations_from_table(df, args.translation_units)

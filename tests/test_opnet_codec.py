@@ -179,11 +179,12 @@ def test_model_config_input_normalisation_is_opnets():
     """conf/model/opnet.yaml's crop gives OpNet's input (uint8 + 0.5) / 256 - 0.5 on a 129 px grayscale crop."""
     from pathlib import Path
 
+    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "opnet.yaml")
-    crop = instantiate(cfg.crop)
+    with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
+        cfg = compose("config", overrides=["model=opnet"])
+    crop = instantiate(cfg.model.crop)
     values = torch.tensor([0, 37, 128, 255], dtype=torch.uint8)
     image = values.view(4, 1, 1, 1).expand(4, 3, 40, 40).contiguous()
     batch = {"image": image, "box": torch.tensor([[5.0, 5.0, 30.0, 30.0]] * 4), "K": torch.zeros(4, 3, 3),

@@ -110,3 +110,16 @@ def test_make_table_cli_writes_every_format_and_integer_counts(tmp_path, capsys)
     assert len(csv) == 18 * 5 and csv["run_dirs"].fillna("").str.count(";").max() == 2
     generic = (tmp_path / "table.md").read_text()
     assert "| 1969 |" in generic and "1969.0" not in generic  # counts stay integers
+
+
+def test_one_seed_counts_once(tmp_path):
+    """A seed tested on BIWI twice (a re-test directory and metrics/biwi_6dof.json) enters the mean once."""
+    base = {"experiment": "trg", "euler_convention": "trg", "seed": 1}
+    fake_run(tmp_path, "trg/1", {**base, "data": "mix_trg", "mae_r_deg": 1.0}, ["seed=1"],
+             extra_files={"metrics/biwi_6dof.json": {**base, "data": "mix_trg", "mae_r_deg": 3.0}})
+    fake_run(tmp_path, "trg/1/test_biwi_6dof", {**base, "data": "biwi_6dof", "mae_r_deg": 5.0},
+             ["seed=1", "data=biwi_6dof", "train=false"])
+    results = PT.fill(load_paper("trg").tables["table8"], collect(tmp_path))
+    trg = next(r for r in results if r.row.preset == "trg")
+    assert trg.cells[0].n == 1 and trg.cells[0].mean == pytest.approx(3.0)  # the first by path
+    assert any("seed(s) [1]" in w for w in trg.warnings)

@@ -72,7 +72,8 @@ def test_predict_real_aflw_images(ckpt, aflw, tmp_path):
     found = df[df["face_found"]]
     assert len(found) == summary["faces"] and (~df["face_found"]).sum() == 16 - found["source"].nunique()
     R = rotations(found)
-    torch.testing.assert_close(R.transpose(-1, -2) @ R, torch.eye(3, dtype=torch.float64).expand_as(R), atol=1e-5, rtol=0)
+    eye = torch.eye(3, dtype=torch.float64).expand_as(R)
+    torch.testing.assert_close(R.transpose(-1, -2) @ R, eye, atol=1e-5, rtol=0)
     ypr = G.matrix_to_euler(R, "opnet").numpy()
     np.testing.assert_allclose(found[["yaw_deg", "pitch_deg", "roll_deg"]].to_numpy(), ypr, atol=1e-4)
     assert set(found["euler_rule"]) == {"opnet"} and set(found["translation"]) == {"relative"}
@@ -165,3 +166,14 @@ def test_no_face_anywhere_exits_2_and_leaves_nothing(ckpt, tmp_path, capsys):
     assert P.main([str(black), "--model", str(ckpt), "--out", str(out), "--quiet"]) == 2
     assert "no face found" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_stability_benchmark_runs_on_a_checkpoint(ckpt, tmp_path):
+    from hpe_bench import stability
+    assert stability.main(["--model", str(ckpt), "--frames", "3", "--size", "96", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "stability.json").read_text())
+    assert [(r["sequence"], r["smoothing"]) for r in record["rows"]] == [
+        (s, m) for s in ("static", "slow", "fast") for m in ("off", "one_euro")]
+    assert all(np.isfinite(r["accuracy_deg"]) and r["jitter_deg"] >= 0 for r in record["rows"])
+    assert (tmp_path / "stability.md").read_text().startswith("| sequence |")

@@ -100,7 +100,8 @@ def test_one_sample_rotated_10_degrees_in_every_format(syn):
     for rule in ("trg", "opnet"):
         ypr = G.matrix_to_euler(R10, rule).numpy()
         eul = pd.DataFrame({"sample_id": ids, "yaw": ypr[:, 0], "pitch": ypr[:, 1], "roll": ypr[:, 2]})
-        assert run_score(tmp, f"eul_{rule}", eul, "--euler-rule", rule)[1]["geodesic_deg"] == pytest.approx(want, abs=1e-3)
+        got = run_score(tmp, f"eul_{rule}", eul, "--euler-rule", rule)[1]["geodesic_deg"]
+        assert got == pytest.approx(want, abs=1e-3)
         rad = eul.assign(yaw=np.radians(eul.yaw), pitch=np.radians(eul.pitch), roll=np.radians(eul.roll))
         got = run_score(tmp, f"rad_{rule}", rad, "--euler-rule", rule, "--angles", "rad")[1]["geodesic_deg"]
         assert got == pytest.approx(want, abs=1e-3)

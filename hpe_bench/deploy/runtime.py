@@ -88,6 +88,12 @@ def crop_inputs(image: np.ndarray, box: Sequence[float], preprocessing: Mapping[
     """
     import cv2
 
+    rules = {k: preprocessing.get(k, d) for k, d in (("mapping", "corner"), ("resize", "bilinear"),
+                                                       ("bbox_reference", "principal_point"), ("quantize", False))}
+    if rules != {"mapping": "corner", "resize": "bilinear", "bbox_reference": "principal_point", "quantize": False}:
+        raise NotImplementedError(f"crop_inputs implements hpe_bench's own crop only; this export was made with the "
+                                  f"authors' input conventions {rules} (model=*_code): build its inputs with "
+                                  f"hpe_bench.models.crop.CropInput")
     S = int(preprocessing["crop_size"])
     H, W = image.shape[:2]
     img = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)

@@ -22,7 +22,7 @@ __all__ = [
     "transform_points", "project_points", "make_intrinsics", "intrinsics_from_fov", "fallback_intrinsics",
     "box_from_points", "square_box", "crop_transform", "crop_intrinsics", "apply_transform_2d",
     "crop_images", "ray_rotation", "depth_relative_points", "crop_to_normalized", "normalized_to_crop",
-    "crop_to_box_normalized", "normalized_per_crop_pixel",
+    "normalized_per_crop_pixel",
     "similarity_transform", "det2", "similarity_scale", "similarity_rotation", "similarity_camera", "similarity_pose",
     "apply_similarity_3d",
     "transform_boxes", "box_features",
@@ -156,13 +156,6 @@ def crop_to_normalized(points: Tensor, size: int) -> Tensor:
 def normalized_to_crop(points: Tensor, size: int) -> Tensor:
     """Inverse of ``crop_to_normalized``: ``[-1, 1]`` -> crop pixels ``(..., 2)``."""
     return (points + 1.0) * ((size - 1) / 2.0)
-
-
-def crop_to_box_normalized(points: Tensor, size: int) -> Tensor:
-    """Crop pixels ``(..., 2)`` -> ``2 x / S - 1``: the crop box's corners (crop px 0 and ``S`` under
-    ``crop_transform``) at -1 and +1. TRG's reference code normalises its landmark labels and the projected
-    5-landmark term this way (``losses.trg_code``); ``crop_to_normalized`` (``S - 1``) is the network's."""
-    return points * (2.0 / size) - 1.0
 
 
 def ray_rotation(K: Tensor, uv: Tensor) -> Tensor:

@@ -32,8 +32,6 @@ N_ITER = 3
 _DECONV = {"0": "deconvs.0.0", "1": "deconvs.0.1", "3": "deconvs.1.0", "4": "deconvs.1.1", "6": "deconvs.2.0",
            "7": "deconvs.2.1"}
 _REGRESSOR = {"fc1": "trunk.0", "fc2": "trunk.2", "decshape": "vertex_head", "decpose": "pose_head"}
-CONSTANT_KEYS = ("points_grid",) + tuple(f"regressor.{i}.{n}" for i in range(N_ITER)
-                                        for n in ("init_face", "init_head_pose"))
 
 
 def detect(keys: Iterable[str]) -> bool:
@@ -50,15 +48,12 @@ def _fc1_columns(n_points: int, grid: bool, n_in: int) -> tuple[Tensor, Tensor]:
     """``(cols, scale)`` with hpe_bench fc1 column j = authors' column ``cols[j]`` times ``scale[j]``."""
     order = G.grid_order_permutation(GRID) if grid else torch.arange(n_points)
     feat = (torch.arange(5)[None, :] * n_points + order[:, None]).flatten()  # [n_p * 5 + c] -> c N + n_a
-    off = 5 * n_points
-    n_state = n_in - off  # 915 vertices + 6D + c + I_bbox
-    cols = torch.cat([feat, torch.arange(off, n_in)])
+    cols = torch.cat([feat, torch.arange(5 * n_points, n_in)])  # then 915 vertex coordinates, 6D, c, I_bbox
     six = n_in - 12
     cols[six:six + 6] = six + torch.tensor(G.SIXD_FROM_ROW_MAJOR)
     scale = torch.ones(n_in)
     scale[six + 7:six + 9] = 2.0   # correction dx, dy: hpe_bench's are the code's halved
     scale[six + 9:six + 11] = 4.0  # I_bbox tau / f: the code's are x 4
-    assert n_state == 915 + 12, n_state
     return cols, scale
 
 

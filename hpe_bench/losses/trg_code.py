@@ -69,6 +69,12 @@ def directed_triangle_edges(triangles) -> Tensor:
     return torch.cat([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], 0)
 
 
+def _authors_normalized(px: Tensor, size: int) -> Tensor:
+    """Crop px ``(..., 2)`` -> ``2 x / S - 1``, the TRG code's normalisation (its landmark labels, 5-landmark term
+    and sampler; the box corners, crop px 0 and S under ``geometry.crop_transform``, at -1 and +1)."""
+    return G.normalize_sampling_points(px, size, divisor="size")
+
+
 def _mean_abs(a: Tensor, b: Tensor) -> Tensor:
     """Per-sample mean absolute error over points and components: ``(B, N, D) -> (B,)``."""
     return (a - b).abs().mean((-2, -1))
@@ -139,7 +145,7 @@ class TRGCodeLoss(nn.Module):
             lm_c, lm_scale, lm_conf = self.landmark_labels(batch, A, S, like)
         if w["landmarks5"] != 0 and geometry:
             idx = list(LANDMARKS5)
-            target5 = G.crop_to_box_normalized(lm_c[:, idx] * lm_scale, S)
+            target5 = _authors_normalized(lm_c[:, idx] * lm_scale, S)
             conf5, has_lm5 = lm_conf[:, idx], lm_conf[:, idx].sum(-1) > 0
         for weight, V, R, t in zip(self.iteration_weights(len(V_iters)), V_iters, R_iters, t_iters):
             if w["head"] != 0 and geometry:
@@ -157,7 +163,7 @@ class TRGCodeLoss(nn.Module):
             if w["landmarks5"] != 0 and geometry:
                 # Every sample with landmark labels counts (through the K the network used for its translation).
                 px = project_where(cam[:, self.landmarks5_vertices], K_net, has_lm5)
-                q = G.crop_to_box_normalized(G.apply_transform_2d(A, px), S)
+                q = _authors_normalized(G.apply_transform_2d(A, px), S)
                 err = ((q - target5).abs() * conf5.unsqueeze(-1)).mean((-2, -1))
                 raw["landmarks5"] = raw["landmarks5"] + weight * masked_batch_mean(err, has_lm5)
         if w["ed"] != 0 and geometry:
@@ -165,7 +171,7 @@ class TRGCodeLoss(nn.Module):
         if w["landmarks"] != 0 and "heatmap_landmarks" in pred:
             pred_c = G.normalized_to_crop(pred["heatmap_landmarks"], S)
             # Both sides in the authors' units: 2 / S per crop px, times the 2D pipeline's (S - 1) / S.
-            err = ((G.crop_to_box_normalized(pred_c * lm_scale, S) - G.crop_to_box_normalized(lm_c * lm_scale, S))
+            err = ((_authors_normalized(pred_c * lm_scale, S) - _authors_normalized(lm_c * lm_scale, S))
                    .abs() * lm_conf.unsqueeze(-1)).mean((-2, -1))
             raw["landmarks"] = err.sum() / B
 

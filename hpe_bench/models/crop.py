@@ -43,7 +43,7 @@ class CropInput(nn.Module):
         ``A (B, 3, 3)`` full-image -> crop pixels; ``K (B, 3, 3)`` full-image intrinsics (fallback
         ``f = W + H`` where the sample has none); ``K_crop (B, 3, 3)`` = ``A @ K``; ``has_K (B,)``;
         ``bbox_info (B, 3)`` = ``((cx_box - cx) / f, (cy_box - cy) / f, side / f)`` (TRG's I_bbox);
-        ``image_size (B, 2)`` = ``(W, H)`` of the full images.
+        ``image_size (B, 2)`` = ``(W, H)`` of the batch's images (after any dataset-side working crop).
     With a non-default ``mapping``, ``A`` maps onto the crop frame the network's coordinates live in, which
     the code's own image warp misses by a fraction of a pixel (``geometry.reference_code``).
     """
