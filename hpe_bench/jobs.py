@@ -16,6 +16,7 @@ way Hydra's ``run_job`` does.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import sys
@@ -98,8 +99,8 @@ class RunGuard(Callback):
         lines = []
         for path in failures:
             try:
-                record = OmegaConf.to_container(OmegaConf.load(path))
-            except Exception:  # noqa: BLE001 - an unreadable record still names its job
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):  # an unreadable record still names its job
                 record = {}
             lines.append(f"  {path.parent}: {record.get('error', '?')}: {record.get('message', '')}".rstrip())
         _stop(UserError(f"{len(failures)} of {jobs} multirun jobs failed (the others finished; each failed job's "

@@ -158,7 +158,8 @@ def resolve_ckpt_path(ckpt_path: Any, run_dir: str | Path) -> Optional[Path]:
 
 
 def checkpoint_step(path: str | Path) -> int:
-    """The ``global_step`` a Lightning checkpoint was saved at; ``UserError`` naming the file if it is none."""
+    """The ``global_step`` a Lightning checkpoint was saved at (0 if it has none, e.g. imported weights);
+    ``UserError`` naming the file if it is no checkpoint."""
     import torch
     try:
         # mmap: only the pickled index is read, not the weights. Not weights_only: a Lightning checkpoint holds
@@ -166,9 +167,9 @@ def checkpoint_step(path: str | Path) -> int:
         ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         raise UserError(f"ckpt_path={path}: not a checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
-        raise UserError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict / global_step)")
-    return int(ckpt["global_step"])
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict)")
+    return int(ckpt.get("global_step", 0))
 
 
 def check_euler_rule(cfg: DictConfig) -> None:

@@ -204,8 +204,9 @@ def parquet_batches(df: pd.DataFrame, batch_size: int = 256) -> Iterator[dict[st
 
 
 def score(batches: Iterator[dict[str, Any]], pred_R: dict[str, torch.Tensor], pred_t: dict[str, torch.Tensor] | None,
-          euler_rule: str, keep: set[str] | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Metrics (``compute_flat`` keys) and the per-sample table over the GT samples with a prediction."""
+          euler_rule: str, keep: set[str] | None = None) -> tuple[dict[str, Any] | None, pd.DataFrame]:
+    """Metrics (``compute_flat`` keys) and the per-sample table over the GT samples with a prediction
+    (``None`` and an empty table when there is none)."""
     metrics = build_metrics(euler_rule)
     frames = []
     for batch in batches:
@@ -220,7 +221,7 @@ def score(batches: Iterator[dict[str, Any]], pred_R: dict[str, torch.Tensor], pr
         metrics.update(pred, batch)
         frames.append(pd.DataFrame(prediction_columns(pred, batch, per_sample_errors(pred, batch, euler_rule))))
     if not frames:
-        raise InputError("no sample to score: no predicted id is in the protocol's test split")
+        return None, pd.DataFrame()
     values = {k: v for k, v in compute_flat(metrics).items() if not (isinstance(v, float) and math.isnan(v))}
     frame = pd.concat(frames, ignore_index=True).sort_values("sample_id", kind="stable").reset_index(drop=True)
     values["num_samples"] = int(len(frame))
@@ -248,37 +249,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rule = args.report_rule or old.get("euler_convention") or "trg"
         protocol, method = old.get("data") or "run", old.get("model") or "run"
         experiment = f"{old.get('experiment') or 'run'} (rescored)"
-        batches, gt_ids = parquet_batches(df), df["sample_id"].tolist()
+        batches = parquet_batches(df)
         fmt, source = "matrix", {"run_dir": str(run_dir), "file": str(run_dir / "predictions.parquet")}
     else:
         if not args.predictions or not args.protocol:
             raise InputError("give a predictions file and --protocol NAME, or --run RUN_DIR")
         df = read_table(args.predictions)
+        fmt = args.rotation if args.rotation != "auto" else detect_format(df)
         batches, default_rule = protocol_batches(args.protocol, args.overrides)
-        batches = list(batches)
-        gt_ids = [s for b in batches for s in b["sample_id"]]
         rule = args.report_rule or default_rule
         protocol, method = args.protocol, args.method or Path(args.predictions).stem
         experiment = "external"
-        fmt = args.rotation if args.rotation != "auto" else detect_format(df)
         source = {"file": str(args.predictions), "rotation": fmt, "quat_order": args.quat_order,
                   "euler_rule": args.euler_rule, "convention": args.convention, "angles": args.angles,
                   "translation_units": args.translation_units}
     G.check_rule(rule)
+    where = str(args.predictions or args.run)
+    # parse every prediction before touching the ground truth: a format error fails fast
+    R = rotations_from_table(df, fmt, quat_order=args.quat_order, euler_rule=args.euler_rule,
+                             convention=args.convention, angles=args.angles, where=f"{where}: ")
+    t = translations_from_table(df, args.translation_units)
+    pred_R = dict(zip(df["sample_id"], R))
+    pred_t = None if t is None or not bool(torch.isfinite(t).all()) else dict(zip(df["sample_id"], t))
+    gt_ids: list[str] = []
+
+    def tapped(batches):  # one pass over the ground truth: its ids are collected while scoring
+        for batch in batches:
+            gt_ids.extend(batch["sample_id"])
+            yield batch
+    values, frame = score(tapped(batches), pred_R, pred_t, rule, subset)
     if subset is not None:
         unknown = sorted(subset - set(gt_ids))
         if unknown:
             raise InputError(f"--ids: {len(unknown)} ids are not in the protocol, e.g. {unknown[:5]}")
         gt_ids = [s for s in gt_ids if s in subset]
     ids = match_ids(df["sample_id"].tolist() if subset is None else [s for s in df["sample_id"] if s in subset],
-                    gt_ids, args.allow_missing, args.allow_extra or subset is not None,
-                    str(args.predictions or args.run))
-    R = rotations_from_table(df, fmt, quat_order=args.quat_order, euler_rule=args.euler_rule,
-                             convention=args.convention, angles=args.angles, where=f"{args.predictions or args.run}: ")
-    t = translations_from_table(df, args.translation_units)
-    pred_R = dict(zip(df["sample_id"], R))
-    pred_t = None if t is None or not bool(torch.isfinite(t).all()) else dict(zip(df["sample_id"], t))
-    values, frame = score(iter(batches), pred_R, pred_t, rule, subset)
+                    gt_ids, args.allow_missing, args.allow_extra or subset is not None, where)
+    if values is None:
+        raise InputError(f"{where}: no sample to score (no predicted id is in the protocol's test split)")
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(args.out) if args.out else (run_dir / "rescore" / f"{rule}_{stamp}" if args.run
                                            else Path("outputs/external") / method / protocol / stamp)

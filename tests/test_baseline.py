@@ -31,6 +31,7 @@ def test_registry_lists_baseline():
 
 
 def test_forward_shapes_and_rotation_validity():
+    torch.manual_seed(0)
     net = create_model("direct_regression", backbone="resnet10t")
     crop = CropInput(size=64)
     pred = net(crop(toy_batch()))
@@ -75,6 +76,7 @@ def test_crop_uses_fallback_intrinsics_without_K():
 
 
 def test_gradients_reach_backbone():
+    torch.manual_seed(0)
     net = create_model("direct_regression", backbone="resnet10t")
     batch = toy_batch()
     inputs = CropInput(size=64)(batch)

@@ -313,6 +313,7 @@ def test_loss_runs_on_the_network_outputs():
     from hpe_bench.losses.opnet import OpNetLoss
     from hpe_bench.models.opnet import OpNet
 
+    torch.manual_seed(0)
     net = OpNet(backbone="mobilenetv1").eval()
     pred = net({"image": torch.zeros(2, 1, 129, 129)})
     batch = {k: pred[k].detach().clone() for k in ("quat", "coord", "roi", "shape_params", "landmarks_crop")}

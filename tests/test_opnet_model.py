@@ -142,6 +142,7 @@ def test_scale_tril_lower_triangular_positive_diagonal(train_out):
 
 
 def test_no_landmarks_variant():
+    torch.manual_seed(0)
     model = create_model("opnet", backbone="mobilenetv1", landmarks=False).eval()
     assert not hasattr(model, "shape_head")
     with torch.no_grad():

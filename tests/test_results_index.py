@@ -90,3 +90,10 @@ def test_protocol_of_metrics_files():
     assert protocol_of({"data": "biwi_6dof"}) == "biwi_6dof"
     assert protocol_of({"data": "mix_trg", "protocol": "synthetic"}) == "synthetic"
     assert protocol_of({"data": "mix_trg"}, stem="biwi_6dof") == "biwi_6dof"  # metrics/biwi_6dof.json
+
+
+def test_data_test_protocol_map_names_data_options():
+    from hpe_bench.results import DATA_TEST_PROTOCOL
+
+    options = {p.stem for p in (CONF / "data").glob("*.yaml")}
+    assert set(DATA_TEST_PROTOCOL) <= options and set(DATA_TEST_PROTOCOL.values()) <= options

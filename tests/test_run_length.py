@@ -75,6 +75,6 @@ def test_epochs_preset_under_ddp(tmp_path):
     """2 epochs of 24 images on 2 processes: 12 per process, 3 steps of 4 per epoch = 6 steps (one device would
     take 6 per epoch); sixdrepnet's lr x 0.5 after 1/3 and 2/3 of the steps: from steps 2 and 4."""
     ckpt, lrs = _ddp_run(tmp_path, "model=sixdrepnet", "model.net.backbone=resnet10t", "trainer.max_epochs=2")
-    assert ckpt["global_step"] == 6 and ckpt["epoch"] == 1  # the last (0-based) epoch the checkpoint saw
+    assert ckpt["global_step"] == 6 and ckpt["epoch"] == 2  # epochs completed when the final last.ckpt was written
     assert list(lrs.index) == [0, 1, 2, 3, 4, 5]
     assert lrs.tolist() == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5])

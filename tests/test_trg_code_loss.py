@@ -94,3 +94,14 @@ def test_model_without_face_poses_the_gt_face(cases):
         assert out[term].item() == pytest.approx(0.0, abs=1e-15), term
     assert out["cam"].item() > 0 and out["img"].item() > 0 and out["rot"].item() > 0
     assert torch.isfinite(out["loss"])
+
+
+def test_rotation_of_a_2d_only_sample_is_not_trained(cases):
+    """A 300W-LP-like sample with its own R label (hpe_bench's 300W-LP has one) stays out of rot, as the authors'
+    has_rot = has_3d_vtx: case B with a wrong R label on its 2D-only sample gives the authors' values."""
+    pred, batch, inputs, ref = load_case(cases, "B")
+    two_d = ~batch["has_vertices"]
+    eye = torch.eye(3, dtype=batch["R"].dtype).expand_as(batch["R"])  # a frontal label, far from the prediction
+    batch = dict(batch, has_R=batch["has_R"] | two_d, R=torch.where(two_d.view(-1, 1, 1), eye, batch["R"]))
+    out = TRGCodeLoss().double()(pred, batch, inputs)
+    assert out["rot"].item() == pytest.approx(float(ref["logged/rot"]), rel=1e-6)

@@ -175,6 +175,7 @@ def test_sampler_passes_gradient_to_previous_vertices(model, inputs, output):
 def test_initial_state_with_zero_residuals():
     # Small crop (the network is resolution-agnostic) to keep the test fast; also exercises the options.
     inputs = CropInput(size=64)(_batch())
+    torch.manual_seed(0)
     m = create_model("trg", iterations=2, multiscale=False, backbone="resnet10t", hidden=64).eval()
     with torch.no_grad():
         for reg in m.regressors:
@@ -194,6 +195,7 @@ def test_initial_state_with_zero_residuals():
 
 
 def test_train_mode_backward():
+    torch.manual_seed(0)
     model = create_model("trg", backbone="resnet10t", hidden=64).train()  # light trunk/regressor, same code path
     out = model(CropInput(size=64)(_batch()))
     (out["t"].sum() + out["vertices"].sum() + out["heatmap_landmarks"].sum()).backward()
@@ -212,6 +214,7 @@ def test_single_scale_iteration_ablations_run(iterations):
 
     from hpe_bench.schema import collate
 
+    torch.manual_seed(0)
     net = create_model("trg", iterations=iterations, multiscale=False, backbone="resnet10t", hidden=64).eval()
     s = {"image": np.zeros((64, 64, 3), np.uint8), "box": np.array([8.0, 8, 56, 56]), "dataset": "toy",
          "sample_id": "0", "topology": "", "K": np.array([[60.0, 0, 32], [0, 60, 32], [0, 0, 1]])}

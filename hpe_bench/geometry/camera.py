@@ -237,25 +237,26 @@ def similarity_scale(S: Tensor, atol: float = 1e-4) -> Tensor:
     return s
 
 
-def similarity_rotation(S: Tensor) -> Tensor:
+def similarity_rotation(S: Tensor, scale: Tensor | None = None) -> Tensor:
     """``Q3 = blockdiag(Q, 1) (B, 3, 3)`` of a similarity/reflection ``S = [[s Q, b], [0, 1]]``: the camera-frame
-    rotation about the optical axis (det -1 for a reflection) that warping the image by ``S`` amounts to."""
-    s = similarity_scale(S)
+    rotation about the optical axis (det -1 for a reflection) that warping the image by ``S`` amounts to.
+    ``scale (B,)``: ``similarity_scale(S)`` if already known (skips checking ``S`` again)."""
+    s = similarity_scale(S) if scale is None else scale
     Q3 = torch.zeros_like(S)
     Q3[..., :2, :2] = S[..., :2, :2] / s[..., None, None]
     Q3[..., 2, 2] = 1.0
     return Q3
 
 
-def similarity_camera(S: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
+def similarity_camera(S: Tensor, K: Tensor, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Camera change equivalent to warping the image by ``S (B, 3, 3)`` -> ``(Q3 (B, 3, 3), K' (B, 3, 3))``.
 
     ``Q3 = blockdiag(Q, 1)`` moves camera-frame points (``X' = Q3 X``, det -1 for a reflection) and
     ``K' = S K Q3^T``, so that ``project(Q3 X, K') = S project(X, K)`` for every point. For square pixels
     ``K'`` is again ``[[s f, 0, c'], [0, s f, c'], [0, 0, 1]]`` with ``c' = S c``; with ``fx != fy`` and a
-    rotation it acquires skew (still exact under ``project_points``).
+    rotation it acquires skew (still exact under ``project_points``). ``scale``: as in ``similarity_rotation``.
     """
-    Q3 = similarity_rotation(S)
+    Q3 = similarity_rotation(S, scale)
     return Q3, S @ K @ Q3.transpose(-1, -2)
 
 
@@ -273,11 +274,13 @@ def similarity_pose(Q3: Tensor, R: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(improper, QR @ S, QR), (Q3 @ t.unsqueeze(-1)).squeeze(-1)
 
 
-def apply_similarity_3d(S: Tensor, points: Tensor) -> Tensor:
+def apply_similarity_3d(S: Tensor, points: Tensor, scale: Tensor | None = None) -> Tensor:
     """Image-space 3D points ``(B, N, 3)`` (x, y px; z px, ``depth_relative_points``) under ``S (B, 3, 3)``:
-    xy by ``S``, z scaled by ``s`` (exact: ``z_px = (Z - t_z) f / t_z`` with ``f -> s f``, ``Z`` unchanged)."""
+    xy by ``S``, z scaled by ``s`` (exact: ``z_px = (Z - t_z) f / t_z`` with ``f -> s f``, ``Z`` unchanged).
+    ``scale``: as in ``similarity_rotation``."""
+    s = similarity_scale(S) if scale is None else scale
     xy = apply_transform_2d(S, points[..., :2])
-    return torch.cat([xy, points[..., 2:3] * similarity_scale(S)[..., None, None]], -1)
+    return torch.cat([xy, points[..., 2:3] * s[..., None, None]], -1)
 
 
 def transform_boxes(A: Tensor, box: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .camera import (apply_similarity_3d, apply_transform_2d, det2, fallback_intrinsics, similarity_camera,
-                     similarity_pose, transform_boxes)
+                     similarity_pose, similarity_scale, transform_boxes)
 from .mirror import landmark_mirror_permutation, mirror_shape_params, mirror_vertices, vertex_mirror_permutation
 
 __all__ = ["image_intrinsics", "transform_labels"]
@@ -77,6 +77,7 @@ def transform_labels(labels: Mapping[str, Any], S: Tensor, image_size: tuple[int
     Output tensors have ``S``'s dtype and device; masks are ``(B,)`` bool. The input is not modified.
     """
     B, dev = S.shape[0], S.device
+    s = similarity_scale(S)  # checks S once; the rules below reuse it
     mirror = det2(S[:, :2, :2]) < 0
     out = dict(labels)
 
@@ -100,13 +101,13 @@ def transform_labels(labels: Mapping[str, Any], S: Tensor, image_size: tuple[int
     if "landmarks_2d" in labels:
         put("landmarks_2d", swap(apply_transform_2d(S, labels["landmarks_2d"].to(S))))
     if "landmarks_3d" in labels:
-        put("landmarks_3d", swap(apply_similarity_3d(S, labels["landmarks_3d"].to(S))))
+        put("landmarks_3d", swap(apply_similarity_3d(S, labels["landmarks_3d"].to(S), s)))
     if "head_2d" in labels:  # (x, y, size): xy by S, the size scales with s like the z of landmarks_3d
-        put("head_2d", apply_similarity_3d(S, labels["head_2d"].to(S)[:, None])[:, 0])
+        put("head_2d", apply_similarity_3d(S, labels["head_2d"].to(S)[:, None], s)[:, 0])
     # One camera per sample -- its K, else the one assumed for it (image_intrinsics) -- moved once.
     camera = image_intrinsics(labels.get("K"), labels.get("has_K"), image_size, labels.get("K_fallback"),
                               labels.get("has_K_fallback"), batch_size=B, dtype=S.dtype, device=dev)
-    Q3, camera = similarity_camera(S, camera)
+    Q3, camera = similarity_camera(S, camera, s)
     if "K" in labels:
         put("K", camera)
     need_fb = ~has("K")

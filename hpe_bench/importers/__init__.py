@@ -125,8 +125,8 @@ def detect_format(state: Mapping[str, Tensor], source: str) -> str:
     for fmt in FORMATS:
         if importer(fmt).detect(state.keys()):
             return fmt
-    raise CheckpointImportError(f"{source}: not an OpNet (keys 'convnet.*', 'quatnet.*') or TRG (keys "
-                                f"'feature_extractor.*', 'regressor.*') checkpoint; first keys: "
+    raise CheckpointImportError(f"{source}: not an OpNet (keys 'convnet.*', 'quatnet.*', ...) or TRG (keys "
+                                f"'feature_extractor.*' and 'regressor.*') checkpoint; first keys: "
                                 f"{', '.join(list(state)[:5])}")
 
 

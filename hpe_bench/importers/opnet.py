@@ -34,8 +34,8 @@ _HEADS = {  # hpe_bench module -> authors' module
 
 
 def detect(keys: Iterable[str]) -> bool:
-    keys = set(keys)
-    return any(k.startswith("convnet.") for k in keys) and any(k.startswith("quatnet.") for k in keys)
+    """OpNet's backbone is ``convnet.*``; its heads ``boxnet``, ``posnet``, ``quatnet``, ``landmarks``."""
+    return any(k.startswith(("convnet.", "quatnet.", "posnet.", "boxnet.")) for k in keys)
 
 
 def backbone_of(keys: Iterable[str], source: str) -> str:

@@ -1,4 +1,6 @@
-"""Loss of TRG (Chun & Chang, ECCV 2024, Sec. 3.5, Eqs. 4-7). (The paper's step learning-rate schedule is
+"""Loss of TRG as the paper writes it (Chun & Chang, ECCV 2024, Sec. 3.5, Eqs. 4-7): ``loss=trg_paper``. The
+authors trained with other reductions at the same lambdas: ``losses/trg_code.py`` (``loss=trg_code``, the default;
+docs/reproducing.md, "Loss balance", has the measured ratios). (The paper's step learning-rate schedule is
 ``schedules.paper_step_schedule``.)
 
 Per iteration ``t = 1..T`` (weight ``2^(t-T)``: 1/4, 1/2, 1 for T = 3), on the network's ``*_iters`` lists:
@@ -16,8 +18,9 @@ Per iteration ``t = 1..T`` (weight ``2^(t-T)``: 1/4, 1/2, 1 for T = 3), on the n
 Once, on the final vertices:
 
 - ``ed``: edge-length L1 ``| |V_n - V_m|_2 - |V*_n - V*_m|_2 |`` (metres) averaged over the unique edges of the
-  ARKit triangles (Eq. 5 sums over triangles and their edges; we take the mean over unique edges, as the
-  reference code's Pose2Mesh-style edge loss averages, so ``lambda_ed = 2`` keeps its scale).
+  ARKit triangles (Eq. 5 sums over triangles and their edges; normalised here by the 3,526 unique edges). This
+  is about 1/3 of the authors' code, which adds three per-direction means over the 2,304 triangles
+  (``losses/trg_code.py``), so at ``lambda_ed = 2`` the edge term weighs a third of theirs.
 - ``landmarks``: per-landmark L1 norm on the 68 heatmap landmarks in normalised crop coordinates ``[-1, 1]``
   averaged over the landmarks (Eq. 6); GT = ``crop_to_normalized(apply_transform_2d(A, landmarks_2d), S)`` with
   ``A`` and ``S`` (the crop image's side) read from the network inputs (``CropInput``'s output) that

@@ -14,7 +14,9 @@ Per iteration ``i = 1..T`` with weight ``loop^(T - i)`` (1/4, 1/2, 1), on the ne
 - ``img``: mean absolute error of the projected full-image pixels over the vertices and the two components, summed
   over the samples with 3D labels and K and divided by the WHOLE batch B (2D term: a 0/1 confidence, not a
   selection).
-- ``rot``: ``|R - R*|_F^2 / 9`` (mean squared error over the 9 entries), mean over the samples with ``has_R``.
+- ``rot``: ``|R - R*|_F^2 / 9`` (mean squared error over the 9 entries), mean over the samples with 3D labels
+  (``has_vertices`` and ``has_R``: the authors' ``has_rot``; a 2D-landmark dataset's own R labels, e.g. 300W-LP's,
+  are not used, as in the paper).
 - ``landmarks5`` (not in the paper, weight 0.1): the 5 keypoint vertices (inner eye corners, nose bottom, mouth
   corners) of the predicted camera-frame face, projected with the full-image K the network used
   (``inputs["K"]``), moved into the crop and normalised ``2 x / S - 1``; L1 against the same 5 rows of the
@@ -98,6 +100,7 @@ class TRGCodeLoss(nn.Module):
                                                                     dtype=torch.long), persistent=False)
 
     def iteration_weights(self, n: int) -> list[float]:
+        """``loop^(n - i)`` for ``i = 1..n`` (1/4, 1/2, 1 for three iterations and loop 0.5)."""
         return [self.loop ** (n - i) for i in range(1, n + 1)]
 
     # -- landmark labels in the authors' units -------------------------------------------------------------
@@ -133,6 +136,8 @@ class TRGCodeLoss(nn.Module):
         R_gt, t_gt, K = batch["R"].to(like), batch["t"].to(like), batch["K"].to(like)
         has_pose = has_v & has["R"] & has["t"]
         has_img = has_pose & has["K"]
+        # The authors' has_rot is their 3D-label flag: 300W-LP's own rotations (has_R) train nothing here.
+        has_rot = has_v & has["R"]
         zero = like.sum() * 0.0  # keeps the graph for terms without labels
         raw = {k: zero for k in TERMS}
 
@@ -159,7 +164,7 @@ class TRGCodeLoss(nn.Module):
                 raw["img"] = raw["img"] + weight * masked_batch_mean(_mean_abs(img, img_gt), has_img)
             if w["rot"] != 0:
                 rot = (R - R_gt).square().mean((-2, -1))
-                raw["rot"] = raw["rot"] + weight * masked_mean(rot, has["R"])
+                raw["rot"] = raw["rot"] + weight * masked_mean(rot, has_rot)
             if w["landmarks5"] != 0 and geometry:
                 # Every sample with landmark labels counts (through the K the network used for its translation).
                 px = project_where(cam[:, self.landmarks5_vertices], K_net, has_lm5)

@@ -1,0 +1,4 @@
+"""``python -m hpe_bench.figures``."""
+from . import main
+
+raise SystemExit(main())
