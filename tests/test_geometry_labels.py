@@ -150,3 +150,15 @@ def test_working_crop_and_batch_warp_move_labels_alike():
         for key in ("box", "landmarks_2d", "head_2d", "R", "t") + (("K",) if i == 0 else ("K_fallback",)):
             np.testing.assert_allclose(warped[key][i].numpy(), c[key], rtol=1e-5, atol=1e-3, err_msg=key)
     assert warped["has_K_fallback"].tolist() == [False, True] and "K_fallback" not in crops[0]
+
+
+def test_det2_and_passing_a_known_scale():
+    A = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.0, -2.0], [2.0, 0.0]]], dtype=D)
+    torch.testing.assert_close(G.det2(A), torch.tensor([-2.0, 4.0], dtype=D))  # 1*4 - 2*3; quarter turn, s = 2
+    S = torch.tensor([[[0.0, -2.0, 5.0], [2.0, 0.0, -1.0], [0.0, 0.0, 1.0]]], dtype=D)
+    pts = torch.tensor([[[1.0, 2.0, 3.0]]], dtype=D)
+    want = torch.tensor([[[5.0 - 4.0, -1.0 + 2.0, 6.0]]], dtype=D)  # xy: (-2 y + 5, 2 x - 1); z x 2
+    torch.testing.assert_close(G.apply_similarity_3d(S, pts), want)
+    torch.testing.assert_close(G.apply_similarity_3d(S, pts, torch.tensor([2.0], dtype=D)), want)
+    torch.testing.assert_close(G.similarity_camera(S, _K(10.0, 0.0, 0.0)[None], torch.tensor([2.0], dtype=D))[1],
+                               G.similarity_camera(S, _K(10.0, 0.0, 0.0)[None])[1])
