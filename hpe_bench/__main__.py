@@ -1,6 +1,6 @@
 """``python -m hpe_bench [overrides]`` / ``hpe-bench``: compose conf/config.yaml, fit, then test.
 
-``hpe-bench predict|score|show|stability|import-checkpoint ...`` run the tools of those modules (their ``--help``)."""
+``hpe-bench predict|score|show|stability|import-checkpoint|retest ...`` run the tools of those modules (their ``--help``)."""
 import os
 import sys
 from pathlib import Path
@@ -22,7 +22,8 @@ def _main(cfg: DictConfig) -> float | None:
 
 # `hpe-bench <command> ...` runs a tool instead of training; anything else is Hydra overrides for a run.
 COMMANDS = {"predict": "hpe_bench.predict", "score": "hpe_bench.score", "show": "hpe_bench.show",
-            "import-checkpoint": "hpe_bench.import_checkpoint", "stability": "hpe_bench.stability"}
+            "import-checkpoint": "hpe_bench.import_checkpoint", "stability": "hpe_bench.stability",
+            "retest": "hpe_bench.retest"}
 
 
 def main() -> None:

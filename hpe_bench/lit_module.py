@@ -21,6 +21,17 @@ from .schedules import global_batch_size, max_steps_for_samples
 log = logging.getLogger(__name__)
 
 
+def _to_float32(x: Any) -> Any:
+    """Floating tensors in (nested dicts / lists / tuples of) ``x`` as float32: autocast outputs leave the net."""
+    if torch.is_tensor(x):
+        return x.float() if x.is_floating_point() and x.dtype != torch.float64 else x
+    if isinstance(x, Mapping):
+        return {k: _to_float32(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float32(v) for v in x)
+    return x
+
+
 class HeadPoseModule(L.LightningModule):
     """Args:
         net: ``forward(inputs) -> pred`` with ``pred["R"] (B, 3, 3)`` and optionally ``t (B, 3)``,
@@ -41,6 +52,14 @@ class HeadPoseModule(L.LightningModule):
         total_samples: optional run length in training samples (OpNet's unit): at fit start ``trainer.max_steps``
             becomes ``ceil(total_samples / global batch)`` (``schedules.max_steps_for_samples``), for any batch
             size, device count and accumulation. Epoch-counted recipes set ``trainer.max_epochs`` instead.
+        channels_last: keep the net's weights and input crops in ``torch.channels_last`` memory format
+            (faster convolutions with oneDNN on CPU and with tensor cores under autocast; docs/performance.md).
+        compile: ``torch.compile`` the net in place (``nn.Module.compile``: the state-dict keys, checkpoints
+            and ONNX export are unchanged) when fitting; ``True`` or a dict of ``torch.compile`` arguments.
+
+    Under mixed precision (``trainer.precision=bf16-mixed`` / ``16-mixed``) only the net runs in autocast: its
+    predictions are cast to float32 and the loss, metrics and label geometry run outside autocast (the OpNet
+    codec's 3x3 solves in float64), so reduced precision never reaches rotation fitting or error metrics.
 
     A scheduler factory may also take ``samples_per_step`` (the global batch: per-process batch size x
     processes x gradient accumulation), filled here, so schedules can be counted in samples.
@@ -50,13 +69,18 @@ class HeadPoseModule(L.LightningModule):
                  optimizer: Callable | None = None, scheduler: Callable | None = None,
                  augment: nn.Module | None = None, euler_rule: str | None = None,
                  grad_clip_max_norm: float | None = None, grad_clip_norm_type: float | str = 2.0,
-                 callbacks: list | None = None, total_samples: int | None = None):
+                 callbacks: list | None = None, total_samples: int | None = None,
+                 channels_last: bool = False, compile: bool | Mapping[str, Any] = False):
         super().__init__()
+        self.channels_last = bool(channels_last)
+        self.compile_options = (dict(compile) if isinstance(compile, Mapping) else {}) if compile else None
         self.total_samples = None if total_samples is None else int(total_samples)
         self.grad_clip_max_norm = grad_clip_max_norm
         self.grad_clip_norm_type = float(grad_clip_norm_type)  # "inf" -> math.inf
         self.recipe_callbacks = list(callbacks or [])
         self.net, self.crop, self.loss_fn, self.augment = net, crop, loss, augment
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3)
         self.scheduler_factory = scheduler
         self.euler_rule = G.check_rule(euler_rule or "trg")
@@ -76,19 +100,33 @@ class HeadPoseModule(L.LightningModule):
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Predictions for a schema batch (evaluation, export, visualisation)."""
-        return self.net(self.crop(batch))
+        """Predictions for a schema batch (evaluation, export, visualisation), in float32."""
+        with self._full_precision():
+            inputs = self.crop(batch)
+        return self._predict(inputs)
+
+    def _predict(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
+        """The net on ``crop(batch)``; the only part that runs under autocast (see the class docstring)."""
+        if self.channels_last:
+            inputs = dict(inputs, image=inputs["image"].contiguous(memory_format=torch.channels_last))
+        return _to_float32(self.net(inputs))
+
+    def _full_precision(self):
+        """A context without autocast for losses and metrics (a no-op when the trainer runs 32-true)."""
+        return torch.autocast(self.device.type, enabled=False)
 
     # -- training --------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         # The mean-pose reference is the mean of the dataset's labels, not of their augmented (rotated,
         # mirrored) versions: accumulate before augmenting.
         self._accumulate_mean_pose(batch)
-        if self.augment is not None:
-            batch = self.augment(batch)
-        inputs = self.crop(batch)
-        pred = self.net(inputs)
-        terms = self.loss_fn(pred, batch, inputs)
+        with self._full_precision():  # label transforms and crop intrinsics: no reduced precision
+            if self.augment is not None:
+                batch = self.augment(batch)
+            inputs = self.crop(batch)
+        pred = self._predict(inputs)
+        with self._full_precision():
+            terms = self.loss_fn(pred, batch, inputs)
         B = len(batch["sample_id"])
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=B, prog_bar=False)
         self.log("train/loss_total", terms["loss"].detach(), batch_size=B, prog_bar=True)
@@ -116,7 +154,9 @@ class HeadPoseModule(L.LightningModule):
 
     # -- evaluation ------------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.val_metrics.update(self(batch), batch)
+        pred = self(batch)
+        with self._full_precision():
+            self.val_metrics.update(pred, batch)
 
     def on_validation_epoch_end(self) -> None:
         values = compute_flat(self.val_metrics)
@@ -132,6 +172,10 @@ class HeadPoseModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         pred = self(batch)
+        with self._full_precision():
+            self._test_update(pred, batch)
+
+    def _test_update(self, pred: dict[str, Tensor], batch: dict[str, Any]) -> None:
         self.test_metrics.update(pred, batch)
         errors = per_sample_errors(pred, batch, self.euler_rule)
         self.test_rows.append(prediction_columns(pred, batch, errors))
@@ -164,6 +208,8 @@ class HeadPoseModule(L.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.compile_options is not None:
+            self.net.compile(**self.compile_options)  # in place: parameter names stay net.*
         # Before configure_optimizers (Lightning calls setup first), so the schedules see the step count.
         if stage == "fit" and self.total_samples is not None:
             steps = max_steps_for_samples(self.trainer, self.total_samples)

@@ -12,7 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .cluster import fit_ckpt_path, keep_wandb_id
 from .metrics.registry import METRICS, NUM_SAMPLES, format_value
+from . import protocol_test as PT
 from .outputs import check_writable, run_info, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -81,31 +83,48 @@ def run(cfg: DictConfig) -> float | None:
         first = json.loads((out / "run_info.json").read_text())
         resume = {k: info[k] for k in ("started_utc", "command", "git", "host")} | {"ckpt_path": str(cfg.ckpt_path)}
         info = first | {"resumes": first.get("resumes", []) + [resume]}
+    elif not cfg.get("train", True) and (out / "run_info.json").is_file():
+        # re-testing a finished run in its own directory (hpe-bench retest): keep how it started, list each re-test
+        first = json.loads((out / "run_info.json").read_text())
+        retest = {k: info[k] for k in ("started_utc", "command", "git", "host")} | {
+            "ckpt_path": cfg.get("ckpt_path"), "test_on": OmegaConf.to_container(cfg.test_on)
+            if OmegaConf.is_config(cfg.get("test_on")) else cfg.get("test_on")}
+        info = first | {"retests": first.get("retests", []) + [retest]}
     write_json(out / "run_info.json", info)
 
     datamodule = instantiate(cfg.data)
     euler_rule = cfg.get("euler_rule") or datamodule.euler_rule
     module = instantiate(cfg.model, loss=instantiate(cfg.loss) if cfg.get("loss") else None,
                          augment=instantiate(cfg.augment) if cfg.get("augment") else None, euler_rule=euler_rule)
-    trainer = instantiate(cfg.trainer, logger=build_list(cfg.get("logger")) or False,
+    trainer = instantiate(cfg.trainer, logger=build_list(keep_wandb_id(cfg.get("logger"), out)) or False,
                           callbacks=build_list(cfg.get("callbacks")), default_root_dir=str(out))
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    # the protocols to test on (test_on=[...], else the data option's own test split): hpe_bench.protocol_test
+    targets = PT.test_targets(cfg, datamodule, group_choices().get("data")) if cfg.get("test", True) else []
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=fit_ckpt_path(cfg, out))  # requeued: last.ckpt
     if not cfg.get("test", True):
         return None
     test_ckpt = None if cfg.get("train", True) else cfg.get("ckpt_path")
     if not cfg.get("train", True) and test_ckpt is None:
         log.warning("train=false and no ckpt_path: testing an untrained model (set ckpt_path=...)")
-    trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
-    results = module.test_results
-    record = metrics_record(cfg, results, euler_rule)
+    checkpoint = PT.checkpoint_record(trainer, cfg, out, test_ckpt)
+    first = None
+    for target in targets:
+        PT.use_euler_rule(module, target.euler_rule)
+        trainer.test(module, datamodule=target.datamodule, ckpt_path=test_ckpt, verbose=False)
+        record = metrics_record(cfg, module.test_results, target.euler_rule)
+        record["protocol"] = PT.card(target, record.get(NUM_SAMPLES))
+        record["checkpoint"] = checkpoint
+        first = record if first is None else first
+        if trainer.is_global_zero:
+            metrics_path, predictions_path = PT.output_paths(out, target, cfg.get("test_on") is not None)
+            write_parquet(predictions_path, module.test_frame)
+            write_json(metrics_path, record)
+            log.info("wrote %s and %s", metrics_path, predictions_path)
+            print(f"protocol: {target.name}\n{format_table(record)}", flush=True)
     if trainer.is_global_zero:
-        write_parquet(out / "predictions.parquet", module.test_frame)
-        write_json(out / "metrics.json", record)
-        log.info("wrote metrics.json and predictions.parquet to %s", out)
-        print(format_table(record), flush=True)
         print(f"outputs: {out}", flush=True)
-    return record.get("geodesic_deg")
+    return first.get("geodesic_deg") if first else None

@@ -130,7 +130,7 @@ def detect_format(df: pd.DataFrame) -> str:
 def translations_from_table(df: pd.DataFrame, units: str) -> torch.Tensor | None:
     if not all(c in df.columns for c in T_COLS):
         return None
-    t = torch.from_numpy(df[list(T_COLS)].to_numpy(dtype=np.float64))
+    t = torch.from_numpy(df[list(T_COLS)].to_numpy(dtype=np.float64, copy=True))
     return t / 1000.0 if units == "mm" else t
 
 
@@ -190,8 +190,9 @@ def protocol_batches(protocol: str, overrides: Sequence[str], batch_size: int = 
 def parquet_batches(df: pd.DataFrame, batch_size: int = 256) -> Iterator[dict[str, Any]]:
     """Ground-truth batches from a run's predictions.parquet (``gt_R_*``, ``gt_t_*``): rotation and translation
     labels only (ADD, NME and dense metrics need the dataset)."""
-    gt_R = df[[f"gt_R_{i}{j}" for i in range(3) for j in range(3)]].to_numpy(np.float64).reshape(-1, 3, 3)
-    gt_t = df[[f"gt_t_{a}" for a in "xyz"]].to_numpy(np.float64) if "gt_t_x" in df else np.full((len(df), 3), np.nan)
+    gt_R = df[[f"gt_R_{i}{j}" for i in range(3) for j in range(3)]].to_numpy(np.float64, copy=True).reshape(-1, 3, 3)
+    gt_t = (df[[f"gt_t_{a}" for a in "xyz"]].to_numpy(np.float64, copy=True) if "gt_t_x" in df
+            else np.full((len(df), 3), np.nan))
     for s in range(0, len(df), batch_size):
         R, t = torch.from_numpy(gt_R[s:s + batch_size]), torch.from_numpy(gt_t[s:s + batch_size])
         hR, ht = torch.isfinite(R).flatten(1).all(1), torch.isfinite(t).all(1)

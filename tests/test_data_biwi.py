@@ -173,3 +173,40 @@ def test_bad_records(official):
     (hpdb / "frame_00003_pose.txt").write_text(pose_text(2 * np.eye(3), T_HEAD))
     with pytest.raises(RecordError, match="no rotation"):
         ds.read(0)
+
+
+def test_70_30_protocol_splits_by_sequence(tmp_path):
+    """FSA-Net's protocol 2 with hpe_bench's fixed split: test = every third sequence, train = the other 16."""
+    from hpe_bench.data.biwi import SEQUENCES_70_30
+    from hpe_bench.protocols import get_protocol
+    assert SEQUENCES_70_30["test"] == ("03", "06", "09", "12", "15", "18", "21", "24")
+    assert len(SEQUENCES_70_30["train"]) == 16 and not set(SEQUENCES_70_30["train"]) & set(SEQUENCES_70_30["test"])
+    assert sorted(SEQUENCES_70_30["train"] + SEQUENCES_70_30["test"]) == [f"{i:02d}" for i in range(1, 25)]
+    entry = get_protocol("biwi_70_30")  # the registry states the same split
+    assert entry.split == {k: tuple(v) for k, v in SEQUENCES_70_30.items()} and entry.euler_rule == "opnet"
+    hpdb = tmp_path / "hpdb"
+    for seq, frames in (("01", (3, 4)), ("03", (0,)), ("06", (7, 8)), ("24", (1,))):
+        for n in frames:
+            write_frame(hpdb / seq, n, R_HEAD, T_HEAD)
+        (hpdb / seq / "rgb.cal").write_text(RGB_CAL)
+        (hpdb / f"{seq}.obj").write_text(OBJ)
+    test = BIWI(tmp_path, split="test", protocol="70_30")
+    train = BIWI(tmp_path, split="train", protocol="70_30")
+    assert [test.record_id(i) for i in range(len(test))] == ["03/frame_00000", "06/frame_00007", "06/frame_00008",
+                                                             "24/frame_00001"]
+    assert [train.record_id(i) for i in range(len(train))] == ["01/frame_00003", "01/frame_00004"]
+    assert test.euler_rule == "opnet" and test.settings()["protocol"] == "70_30"
+    s = test.read(0)
+    validate_sample(s)
+    np.testing.assert_allclose(s["R"], R_EXT @ R_HEAD, atol=2e-5)  # labels as in the 6dof protocol
+    np.testing.assert_allclose(s["t"], (R_EXT @ np.array(T_HEAD) + T_EXT) / 1000, atol=1e-6)
+    with pytest.raises(ValueError, match="splits"):
+        BIWI(tmp_path, split="val", protocol="70_30")
+    (hpdb / "24.obj").unlink()
+    with pytest.raises(LayoutError, match="24.obj"):
+        BIWI(tmp_path, split="test", protocol="70_30")
+    only_train = tmp_path / "only_train"
+    write_frame(only_train / "01", 0)
+    (only_train / "01" / "rgb.cal").write_text(RGB_CAL)
+    with pytest.raises(LayoutError, match="no frame with a pose file in the test sequences"):
+        BIWI(only_train, split="test", protocol="70_30")

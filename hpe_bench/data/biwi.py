@@ -10,7 +10,10 @@ Labels (package frames): ``R = R_ext R_head``, ``t = (R_ext T_head + T_ext) / 10
 (``geometry.biwi_template_to_head``: ``F v / 1000``), topology ``biwi_NN`` (per-subject mesh).
 
 Protocols: ``rotation`` (OpNet): the 13,219 frames and MTCNN boxes of the opal23 annotation, Euler rule ``opnet``;
-``6dof`` (TRG, PerspNet): every frame with a pose file, box = tight box of the projected template, rule ``trg``.
+``6dof`` (TRG, PerspNet): every frame with a pose file, box = tight box of the projected template, rule ``trg``;
+``70_30`` (FSA-Net's protocol 2, by sequences): the frames of ``6dof`` in the 16 train or 8 test sequences of
+``SEQUENCES_70_30`` (``split``), rule ``opnet``. FSA-Net never published its split, so hpe_bench fixes one: test =
+every third sequence (03, 06, ..., 24); hpe_bench/protocols/biwi_70_30.yaml states the same lists.
 """
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ import torch
 from .. import geometry as G
 from .raw import LayoutError, RawSource, RecordError, read_image, require_finite
 
-PROTOCOLS = ("rotation", "6dof")
+PROTOCOLS = ("rotation", "6dof", "70_30")
+# BIWI 70/30 by sequences: 8 test sequences (every third), the other 16 train
+SEQUENCES_70_30 = {"test": tuple(f"{i:02d}" for i in range(3, 25, 3)),
+                   "train": tuple(f"{i:02d}" for i in range(1, 25) if i % 3)}
 ROTATION_LABELS = ("pose", "annotation")
 # where the sequence folders NN/ live below the root: official tgz, Kaggle mirror, or the folder itself
 SEQUENCE_PARENTS = ("", "hpdb", "faces_0", "kinect_head_pose_db", "kinect_head_pose_db/hpdb")
@@ -122,9 +128,11 @@ class BIWI(RawSource):
             raise ValueError(f"biwi: protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if rotation_labels not in ROTATION_LABELS:
             raise ValueError(f"biwi: rotation_labels must be one of {ROTATION_LABELS}, got {rotation_labels!r}")
+        if protocol == "70_30" and split not in SEQUENCES_70_30:
+            raise ValueError(f"biwi: the 70_30 protocol has splits {tuple(SEQUENCES_70_30)}, got split={split!r}")
         super().__init__(root, split)
         self.protocol, self.rotation_labels = protocol, rotation_labels
-        self.euler_rule = "opnet" if protocol == "rotation" else "trg"
+        self.euler_rule = "trg" if protocol == "6dof" else "opnet"
         data_dir = find_sequence_dir(self.root)
         if data_dir is None:
             raise LayoutError(f"{self.name}: no sequence folders NN/ with frame_*/rgb.cal files under "
@@ -144,20 +152,25 @@ class BIWI(RawSource):
             self.angles = ann[["yaw", "pitch", "roll"]].to_numpy(np.float64)
         else:
             self.annotation = None
+            keep = SEQUENCES_70_30[split] if protocol == "70_30" else None
             self.records = [(seq, n[: -len("_pose.txt")]) for seq, names in self._files.items()
+                            if keep is None or seq in keep
                             for n in sorted(names) if n.startswith("frame_") and n.endswith("_pose.txt")]
+            if protocol == "70_30" and not self.records:
+                raise LayoutError(f"{self.name}: no frame with a pose file in the {split} sequences {keep} of the "
+                                  f"70_30 protocol under {str(data_dir)!r}; expected layout:\n{self.layout}")
         self._check_files()
 
     def _check_files(self) -> None:
         """Every record's image (and what its labels need) exists: a partial download fails here, named."""
         missing = [f"{seq}/{frame}{IMAGE_SUFFIXES[0]}" for seq, frame in self.records
                    if self._image_name(seq, frame) is None]
-        needs_pose = self.protocol == "6dof" or self.rotation_labels == "pose"
+        needs_pose = self.protocol != "rotation" or self.rotation_labels == "pose"
         seqs = sorted({seq for seq, _ in self.records})
         for seq in seqs:
             if "rgb.cal" not in self._files.get(seq, ()):
                 missing.append(f"{seq}/rgb.cal")
-            if self.protocol == "6dof" and not (self.data_dir / f"{seq}.obj").is_file():
+            if self.protocol != "rotation" and not (self.data_dir / f"{seq}.obj").is_file():
                 missing.append(f"{seq}.obj")
         if needs_pose:
             missing += [f"{seq}/{frame}_pose.txt" for seq, frame in self.records

@@ -150,7 +150,10 @@ def protocol_of(record: Mapping[str, Any], stem: str = "metrics") -> str | None:
     record may name it (``protocol``), else the run's ``data`` option (mapped by ``DATA_TEST_PROTOCOL``)."""
     if stem != "metrics":
         return stem
-    if record.get("protocol"):
-        return str(record["protocol"])
+    card = record.get("protocol")  # a protocol card (hpe_bench.protocols) or, in older files, its name
+    if isinstance(card, Mapping) and card.get("name"):
+        return str(card["name"])
+    if card and not isinstance(card, Mapping):
+        return str(card)
     data = record.get("data")
     return DATA_TEST_PROTOCOL.get(data, data) if data else None

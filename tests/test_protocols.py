@@ -1,0 +1,106 @@
+"""The protocol registry (hpe_bench/protocols/), runs tested on several protocols (test_on), re-testing a finished
+run from its checkpoint (hpe-bench retest), and the checkpoint each metrics file names."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from hpe_bench.protocols import ProtocolError, get_protocol, protocol_card, protocol_for_data, registry
+from hpe_bench.results import protocol_of
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["debug=default", "model.net.backbone=resnet10t", "logger=none"]
+
+
+def test_registry_pins_the_protocol_counts():
+    """Counts from ../shared/reference/protocols.md and the papers (never from the code under test)."""
+    reg = registry()
+    assert {"aflw2000", "aflw2000_all", "biwi", "biwi_6dof", "biwi_70_30", "arkitface", "synthetic",
+            "aflw2kmini"} <= set(reg)
+    expected = {"aflw2000": 1969, "aflw2000_all": 2000, "biwi": 13219, "arkitface": 184884, "aflw2kmini": 16}
+    assert {k: reg[k].num_samples for k in expected} == expected
+    rules = {"aflw2000": "opnet", "biwi": "opnet", "biwi_6dof": "trg", "arkitface": "trg", "biwi_70_30": "opnet"}
+    assert {k: reg[k].euler_rule for k in rules} == rules
+    split = reg["biwi_70_30"].split
+    assert len(split["train"]) == 16 and len(split["test"]) == 8
+    with pytest.raises(ProtocolError, match="unknown protocol 'biwi70'.*biwi_70_30"):
+        get_protocol("biwi70")
+
+
+def test_every_protocol_is_a_data_option_whose_rule_it_keeps():
+    """Each entry names a conf/data option; where it adds no overrides its Euler rule is that option's."""
+    for proto in registry().values():
+        path = ROOT / "conf" / "data" / f"{proto.data}.yaml"
+        assert path.is_file(), f"protocol {proto.name}: no data option {path}"
+        if not proto.overrides:
+            assert OmegaConf.load(path).euler_rule == proto.euler_rule, proto.name
+        for option in proto.test_of:
+            assert (ROOT / "conf" / "data" / f"{option}.yaml").is_file(), (proto.name, option)
+
+
+def test_card_of_a_run_and_its_table_protocol():
+    assert protocol_for_data("mix_trg").name == "arkitface"  # a training mixture tests on its benchmark
+    assert protocol_for_data("aflw2000").name == "aflw2000"  # not aflw2000_all (that one adds overrides)
+    card = protocol_card("synthetic", num_samples=20)
+    assert card["name"] == "synthetic" and card["num_samples"] == 512 and card["complete"] is False
+    assert protocol_card("aflw2kmini", num_samples=16)["complete"] is True
+    assert protocol_card("my_data") == {"name": "my_data", "registered": False}
+    assert protocol_of({"protocol": card, "data": "mix_trg"}) == "synthetic"
+    assert protocol_of({"protocol": "arkitface"}) == "arkitface"  # older files: the name alone
+
+
+def run_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", HPE_BENCH_CACHE=str(tmp / "cache"),
+               HPE_AFLW2KMINI=str(ROOT.parent / "shared" / "assets" / "aflw2kmini.h5"))
+    return subprocess.run([sys.executable, "-m", "hpe_bench", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_once_test_on_two_protocols_then_retest(tmp_path, shared_assets):
+    proc = run_cli(tmp_path, *TINY, f"paths.output_dir={tmp_path / 'out'}", "test_on=[synthetic]")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run,) = sorted((tmp_path / "out" / "runs" / "default").iterdir())
+    synth = json.loads((run / "metrics" / "synthetic.json").read_text())
+    assert not (run / "metrics.json").exists()  # test_on: one file per protocol
+    assert synth["protocol"]["name"] == "synthetic" and synth["euler_convention"] == "trg"
+    assert synth["num_samples"] == 20 and synth["protocol"]["complete"] is False  # debug: 20 of the 512
+    assert synth["checkpoint"]["selection"] == "last" and synth["checkpoint"]["step"] == 2
+    assert synth["checkpoint"]["path"].endswith("checkpoints/last.ckpt")
+    assert len(pd.read_parquet(run / "predictions" / "synthetic.parquet")) == 20
+
+    # re-test the finished run on another protocol, from its checkpoint, into its own directory
+    before = (run / ".hydra" / "overrides.yaml").read_text()
+    proc = subprocess.run([sys.executable, "-m", "hpe_bench", "retest", str(run), "aflw2kmini",
+                           f"data.root={shared_assets / 'aflw2kmini.h5'}"],
+                          cwd=ROOT, env=dict(os.environ, HPE_BENCH_CACHE=str(tmp_path / "cache")),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    mini = json.loads((run / "metrics" / "aflw2kmini.json").read_text())
+    assert mini["protocol"]["name"] == "aflw2kmini" and mini["euler_convention"] == "opnet"
+    assert mini["num_samples"] == 16 and mini["protocol"]["complete"] is True
+    assert mini["checkpoint"] == {"selection": "last", "path": str((run / "checkpoints" / "last.ckpt").resolve()),
+                                  "step": 2}
+    assert json.loads((run / "metrics" / "synthetic.json").read_text()) == synth  # untouched
+    assert (run / ".hydra" / "overrides.yaml").read_text() == before
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["config"]["train"] is True and len(info["retests"]) == 1
+    assert not list(run.rglob(".*.tmp"))
+
+
+def test_retest_refuses_unknown_protocol_and_non_run(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "hpe_bench", "retest", str(tmp_path), "synthetic"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no hpe_bench run directory" in proc.stderr
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    proc = subprocess.run([sys.executable, "-m", "hpe_bench", "retest", str(tmp_path), "nope"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "unknown protocol 'nope'" in proc.stderr and "Traceback" not in proc.stderr
