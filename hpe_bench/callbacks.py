@@ -17,14 +17,17 @@ log = logging.getLogger(__name__)
 
 class PredictionImages(L.Callback):
     """At test time, draw predicted (solid) and ground-truth (thin) axes on the first ``num_images`` test
-    images, save ``test_predictions.png`` in the run directory and log it to W&B when that logger is on."""
+    images, save ``test_predictions.png`` in the run directory and log it to W&B when that logger is on.
+    ``samples`` keeps (sample id, image) of the last test's drawings (W&B samples table: ``wandb_logging``)."""
 
     def __init__(self, num_images: int = 8, ncols: int = 4, filename: str = "test_predictions.png"):
         self.num_images, self.ncols, self.filename = num_images, ncols, filename
         self._done = False
+        self.samples: list[tuple[str, np.ndarray]] = []
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._done = False
+        self.samples = []
 
     @torch.no_grad()
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
@@ -46,6 +49,7 @@ class PredictionImages(L.Callback):
                                     thickness=1)
             img = viz.draw_box(img, batch["box"][i].cpu().numpy())
             tiles.append(img)
+        self.samples = [(str(batch["sample_id"][i]), tile) for i, tile in enumerate(tiles)]
         grid = viz.make_grid(tiles, self.ncols)
         path = Path(trainer.default_root_dir) / self.filename
         cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))

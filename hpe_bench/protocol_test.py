@@ -43,6 +43,15 @@ def _test_on(cfg: DictConfig) -> list[str]:
     return [str(n) for n in names]
 
 
+def _choice(group: str) -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+    try:
+        value = HydraConfig.get().runtime.choices.get(group)
+    except ValueError:  # not under @hydra.main
+        return None
+    return None if value in (None, "null", "None") else str(value)
+
+
 def protocol_data_config(cfg: DictConfig, proto: Protocol) -> DictConfig:
     """The ``data`` config of ``proto``: ``data=<proto.data>`` and its overrides, composed with the run's
     ``debug`` and ``paths`` choices (so a smoke run tests a tiny version of each protocol)."""
@@ -50,9 +59,10 @@ def protocol_data_config(cfg: DictConfig, proto: Protocol) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     from .__main__ import CONF_DIR
-    overrides = [f"data={proto.data}", *proto.overrides]
-    if cfg.get("debug"):
-        overrides.append(f"debug={cfg.debug}")
+    overrides = [f"data={proto.data}", *proto.overrides, "train=false"]  # train=false: check the test roots only
+    debug = _choice("debug")
+    if debug:
+        overrides.append(f"debug={debug}")
     overrides += [f"paths.{k}={v}" for k, v in OmegaConf.to_container(cfg.paths, resolve=True).items()]
     try:
         if GlobalHydra.instance().is_initialized():  # inside the Hydra app: its config search path

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from .cluster import fit_ckpt_path, keep_wandb_id
 from .metrics.registry import METRICS, NUM_SAMPLES, format_value
 from . import protocol_test as PT
+from . import wandb_logging as WL
 from .outputs import check_writable, run_info, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def run(cfg: DictConfig) -> float | None:
         info = first | {"retests": first.get("retests", []) + [retest]}
     write_json(out / "run_info.json", info)
 
+    WL.finish_leftover(exit_code=1)  # a W&B run left open by a failed earlier job of this multirun
     datamodule = instantiate(cfg.data)
     euler_rule = cfg.get("euler_rule") or datamodule.euler_rule
     module = instantiate(cfg.model, loss=instantiate(cfg.loss) if cfg.get("loss") else None,
@@ -100,12 +102,14 @@ def run(cfg: DictConfig) -> float | None:
                           callbacks=build_list(cfg.get("callbacks")), default_root_dir=str(out))
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    WL.prepare(trainer, WL.run_tags(group_choices(), cfg.get("seed")))  # W&B tags, val/* summaries (docs/wandb.md)
 
     # the protocols to test on (test_on=[...], else the data option's own test split): hpe_bench.protocol_test
     targets = PT.test_targets(cfg, datamodule, group_choices().get("data")) if cfg.get("test", True) else []
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=fit_ckpt_path(cfg, out))  # requeued: last.ckpt
     if not cfg.get("test", True):
+        WL.finish(trainer)
         return None
     test_ckpt = None if cfg.get("train", True) else cfg.get("ckpt_path")
     if not cfg.get("train", True) and test_ckpt is None:
@@ -118,6 +122,7 @@ def run(cfg: DictConfig) -> float | None:
         record = metrics_record(cfg, module.test_results, target.euler_rule)
         record["protocol"] = PT.card(target, record.get(NUM_SAMPLES))
         record["checkpoint"] = checkpoint
+        WL.log_test(trainer, target.name, record, module.test_frame)  # test/<protocol>/<metric>: W&B + CSV
         first = record if first is None else first
         if trainer.is_global_zero:
             metrics_path, predictions_path = PT.output_paths(out, target, cfg.get("test_on") is not None)
@@ -127,4 +132,5 @@ def run(cfg: DictConfig) -> float | None:
             print(f"protocol: {target.name}\n{format_table(record)}", flush=True)
     if trainer.is_global_zero:
         print(f"outputs: {out}", flush=True)
+    WL.finish(trainer)  # each multirun job its own W&B run
     return first.get("geodesic_deg") if first else None

@@ -61,3 +61,21 @@ def test_figures_from_a_tiny_opnet_run(tmp_path):
     for name in ("run/yaw_bins", "run/worst_predictions", "opnet_fig3_uncertainty", "opnet_fig2_noise",
                  "trg_fig3_translation"):
         assert (out / f"{name}.png").is_file() and (out / f"{name}.pdf").is_file(), name
+
+
+def test_per_protocol_prediction_files(tmp_path):
+    """A run tested on several protocols (predictions/<protocol>.parquet + metrics/<protocol>.json)."""
+    fake_predictions(tmp_path / "tmp", yaws=[10.0, 40.0], errors=[2.0, 4.0])
+    run = tmp_path / "run"
+    (run / "predictions").mkdir(parents=True)
+    (run / "metrics").mkdir()
+    frame = pd.read_parquet(tmp_path / "tmp" / "predictions.parquet")
+    for proto, rule in (("biwi_6dof", "trg"), ("aflw2000", "opnet")):
+        frame.to_parquet(run / "predictions" / f"{proto}.parquet")
+        (run / "metrics" / f"{proto}.json").write_text(json.dumps({"experiment": "x", "euler_convention": rule}))
+    df, record = figures.read_run(run / "predictions" / "aflw2000.parquet")
+    assert len(df) == 2 and record["euler_convention"] == "opnet"
+    with pytest.raises(ValueError, match="several protocols"):
+        figures.read_run(run)
+    status = figures.make_all(tmp_path / "run", tmp_path / "figs")
+    assert status == {"yaw-bins run aflw2000": "ok", "yaw-bins run biwi_6dof": "ok"}, status

@@ -177,3 +177,25 @@ def test_stability_benchmark_runs_on_a_checkpoint(ckpt, tmp_path):
         (s, m) for s in ("static", "slow", "fast") for m in ("off", "one_euro")]
     assert all(np.isfinite(r["accuracy_deg"]) and r["jitter_deg"] >= 0 for r in record["rows"])
     assert (tmp_path / "stability.md").read_text().startswith("| sequence |")
+
+
+@pytest.mark.slow
+def test_opnet_onnx_outputs_are_decoded_like_its_forward(aflw, tmp_path):
+    """OpNet's ONNX graph gives crop-space outputs; the predictor decodes them with codecs.opnet.decode, the
+    function the PyTorch forward uses: both backends agree (untrained net, two boxes, fallback and user K)."""
+    from hpe_bench.export import build_model, compose_config, export_onnx
+    from hpe_bench.predictor import OnnxPredictor, TorchPredictor
+    torch.manual_seed(0)
+    net, crop = build_model(compose_config(["model=opnet"]), "opnet")
+    export_onnx(net.eval(), crop, tmp_path / "opnet.onnx", check=False)
+    folder, rois = aflw
+    image = cv2.cvtColor(cv2.imread(str(folder / "00.jpg")), cv2.COLOR_BGR2RGB)
+    boxes = np.stack([rois[0], [100.0, 120.0, 300.0, 330.0]])
+    torch_p, onnx_p = TorchPredictor(net, crop, "net"), OnnxPredictor(tmp_path / "opnet.onnx")
+    for K in (None, np.array([[800.0, 0, 230], [0, 800, 220], [0, 0, 1]])):
+        a, b = torch_p(image, boxes, K), onnx_p(image, boxes, K)
+        np.testing.assert_allclose(a["R"], b["R"], atol=1e-5)
+        np.testing.assert_allclose(a["t"], b["t"], atol=1e-5)
+        np.testing.assert_allclose(a["landmarks_2d"], b["landmarks_2d"], atol=1e-3)
+        np.testing.assert_allclose(a["uncertainty"]["sigma_rot_frobenius"], b["uncertainty"]["sigma_rot_frobenius"],
+                                   rtol=1e-4)

@@ -45,14 +45,15 @@ class HeadPoseDataModule(L.LightningDataModule):
 
     def __init__(self, train: Dataset | None = None, val: Dataset | None = None, test: Dataset | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
-                 pin_memory: bool = False, euler_rule: str = "trg", name: str = "dataset", root: str | None = None):
+                 pin_memory: bool | None = None, euler_rule: str = "trg", name: str = "dataset", root: str | None = None):
         super().__init__()
         self.root = root
         self.datasets = {"train": train, "val": val, "test": test}
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.pin_memory = pin_memory
+        # None: pinned host memory whenever CUDA is available (faster, asynchronous copies to the GPU)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.euler_rule = check_rule(euler_rule)
         self.name = name
 

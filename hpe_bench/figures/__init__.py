@@ -37,6 +37,11 @@ def run_dirs_under(root: str | Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob("predictions.parquet"))
 
 
+def protocol_predictions_under(root: str | Path) -> list[Path]:
+    """``<run>/predictions/<protocol>.parquet`` files under ``root`` (runs tested on several protocols)."""
+    return sorted(p for p in Path(root).rglob("*.parquet") if p.parent.name == "predictions")
+
+
 def _tag(run_dir: Path, root: Path) -> str:
     try:
         rel = run_dir.resolve().relative_to(root.resolve())
@@ -67,6 +72,9 @@ def make_all(root: str | Path, out: Path, noise_runs: int = 4, noise_limit: int 
         attempt(f"yaw-bins {tag}", lambda: yaw_bins([run], out / tag, name="yaw_bins"))
         if (run / "checkpoints").is_dir():
             attempt(f"worst {tag}", lambda: worst(run, out / tag, worst_n, name="worst_predictions"))
+    for file in protocol_predictions_under(root):
+        tag = _tag(file.parent.parent, root)
+        attempt(f"yaw-bins {tag} {file.stem}", lambda: yaw_bins([file], out / tag, name=f"yaw_bins_{file.stem}"))
     with_sigma = [r for r in runs if "sigma_rot_frobenius" in pd.read_parquet(r / "predictions.parquet").columns]
     if with_sigma:
         attempt("uncertainty", lambda: uncertainty(with_sigma, out))

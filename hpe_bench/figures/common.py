@@ -33,12 +33,25 @@ def _rotations(df: pd.DataFrame, prefix: str) -> torch.Tensor:
     return torch.as_tensor(np.array(df[cols].to_numpy(np.float64))).reshape(-1, 3, 3)
 
 
-def read_run(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    run_dir = Path(run_dir)
-    path = run_dir / "predictions.parquet"
+def read_run(run: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per-sample predictions and metrics record of a test: ``run`` is a run directory (its
+    ``predictions.parquet`` + ``metrics.json``, or its only ``predictions/<protocol>.parquet``) or a
+    ``predictions/<protocol>.parquet`` file (with ``metrics/<protocol>.json``), see docs/outputs.md."""
+    run = Path(run)
+    if run.is_file():
+        path = run
+        in_dir = run.parent.name == "predictions"
+        metrics = run.parent.parent / "metrics" / f"{run.stem}.json" if in_dir else run.parent / "metrics.json"
+    else:
+        path, metrics = run / "predictions.parquet", run / "metrics.json"
+        per_protocol = sorted((run / "predictions").glob("*.parquet"))
+        if not path.is_file() and len(per_protocol) == 1:
+            path, metrics = per_protocol[0], run / "metrics" / f"{per_protocol[0].stem}.json"
+        elif not path.is_file() and per_protocol:
+            raise ValueError(f"{run} was tested on several protocols: name one of "
+                             + ", ".join(str(p) for p in per_protocol))
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (a run writes it after its test)")
-    metrics = run_dir / "metrics.json"
     return pd.read_parquet(path), (json.loads(metrics.read_text()) if metrics.is_file() else {})
 
 
