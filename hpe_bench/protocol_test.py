@@ -64,6 +64,9 @@ def protocol_data_config(cfg: DictConfig, proto: Protocol) -> DictConfig:
     if debug:
         overrides.append(f"debug={debug}")
     overrides += [f"paths.{k}={v}" for k, v in OmegaConf.to_container(cfg.paths, resolve=True).items()]
+    root = (cfg.get("test_roots") or {}).get(proto.name)
+    if root is not None:  # test_roots.<protocol>=PATH: that protocol's dataset root (else its environment variable)
+        overrides.append(f"data.root={root}")
     try:
         if GlobalHydra.instance().is_initialized():  # inside the Hydra app: its config search path
             composed = compose("config", overrides=overrides)

@@ -23,7 +23,7 @@ from .protocols import ProtocolError, get_protocol
 
 CHECKPOINTS = ("swa.ckpt", "last.ckpt")  # preference order: the weights the run's own test used
 # overrides of the run that say what it was tested on or how it ran, not what it is
-_DROP = ("train=", "test=", "ckpt_path=", "test_on=", "hydra.", "euler_rule=")
+_DROP = ("train=", "test=", "ckpt_path=", "test_on=", "test_roots", "hydra.", "euler_rule=")
 
 
 def choose_checkpoint(run_dir: Path, ckpt: str | None) -> Path:
@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a finished run's directory (outputs/runs/<experiment>/<time>)")
     p.add_argument("protocols", nargs="+", help="protocol names (hpe_bench/protocols/*.yaml)")
+    p.add_argument("--root", action="append", default=[], metavar="PROTOCOL=PATH",
+                   help="dataset root of a protocol (else its environment variable, e.g. HPE_BIWI_ROOT)")
     p.add_argument("--ckpt", help="swa | last | a checkpoint path (default: swa.ckpt if present, else last.ckpt)")
     p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     args, extra = p.parse_known_args(argv)
@@ -69,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     protocols = [w for w in args.protocols if "=" not in w]
     if not protocols:
         p.error("name at least one protocol")
+    for item in args.root:
+        name, sep, path = item.partition("=")
+        if not sep or name not in protocols:
+            p.error(f"--root expects PROTOCOL=PATH for a protocol being tested, got {item!r}")
+        extra.append(f"+test_roots.{name}={Path(path).resolve()}")
     cmd = command(args.run_dir, protocols, args.ckpt, extra)
     if args.dry_run:
         print(" ".join(cmd))

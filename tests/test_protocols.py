@@ -57,8 +57,8 @@ def test_card_of_a_run_and_its_table_protocol():
 
 
 def run_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", HPE_BENCH_CACHE=str(tmp / "cache"),
-               HPE_AFLW2KMINI=str(ROOT.parent / "shared" / "assets" / "aflw2kmini.h5"))
+    env = dict(os.environ, WANDB_MODE="offline", HF_HUB_OFFLINE="1", HPE_BENCH_CACHE=str(tmp / "cache"))
+    env.pop("HPE_AFLW2KMINI", None)  # roots come from test_roots / --root
     return subprocess.run([sys.executable, "-m", "hpe_bench", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -67,7 +67,8 @@ def run_cli(tmp: Path, *args: str) -> subprocess.CompletedProcess:
 def test_train_once_test_on_two_protocols_then_retest(tmp_path, shared_assets):
     """One run tests on two protocols, each under its own Euler rule and count; re-testing its checkpoint on one of
     them later reproduces the in-run numbers (the test used the final weights, which last.ckpt holds)."""
-    proc = run_cli(tmp_path, *TINY, f"paths.output_dir={tmp_path / 'out'}", "test_on=[synthetic,aflw2kmini]")
+    proc = run_cli(tmp_path, *TINY, f"paths.output_dir={tmp_path / 'out'}", "test_on=[synthetic,aflw2kmini]",
+                   f"+test_roots.aflw2kmini={shared_assets / 'aflw2kmini.h5'}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run,) = sorted((tmp_path / "out" / "runs" / "default").iterdir())
     assert not (run / "metrics.json").exists()  # test_on: one file per protocol
@@ -84,7 +85,8 @@ def test_train_once_test_on_two_protocols_then_retest(tmp_path, shared_assets):
 
     # re-test the finished run from its checkpoint, into its own directory
     before = (run / ".hydra" / "overrides.yaml").read_text()
-    proc = run_cli(tmp_path, "retest", str(run), "aflw2kmini", f"data.root={shared_assets / 'aflw2kmini.h5'}")
+    proc = run_cli(tmp_path, "retest", str(run), "aflw2kmini",
+                   "--root", f"aflw2kmini={shared_assets / 'aflw2kmini.h5'}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     again = json.loads((run / "metrics" / "aflw2kmini.json").read_text())
     assert again["checkpoint"] == {"selection": "last", "step": 2,

@@ -200,6 +200,7 @@ def test_sixdrepnet_matrix_is_the_transposed_pose_para_in_flipped_axes(pyr):
     torch.testing.assert_close(ypr, torch.tensor(np.degrees([y, p, r])), atol=1e-9, rtol=0)
 
 
+@pytest.mark.slow
 def test_aflw2kmini_real_labels_as_hopenet_and_6drepnet_outputs(shared_assets, tmp_path, monkeypatch):
     """The 16 real AFLW2000-3D labels written as a Hopenet (yaw, pitch, roll) file and as 6DRepNet matrices
     score 0 on the aflw2kmini protocol; read with the other rule they do not."""
@@ -224,6 +225,7 @@ def test_aflw2kmini_real_labels_as_hopenet_and_6drepnet_outputs(shared_assets, t
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["geodesic_deg"] == pytest.approx(0.0, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_console_script_score_reports_unknown_ids(tmp_path):
     script = Path(sys.executable).parent / "hpe-bench"
     df = pd.DataFrame({"sample_id": ["nope/1"], **{c: [float(c[-2] == c[-1])] for c in S.MATRIX_COLS}})
