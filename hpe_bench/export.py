@@ -3,6 +3,7 @@
     python -m hpe_bench.export run_dir=outputs/runs/<exp>/<time> [out=model.onnx] [opset=17] [outputs=quat,coord]
     python -m hpe_bench.export ckpt=<dir>/checkpoints/last.ckpt           # config found next to the checkpoint
     python -m hpe_bench.export untrained=true model=opnet model.net.backbone=resnet18 out=opnet_r18.onnx
+    python -m hpe_bench.export run_dir=... int8=true [calib=synthetic] [calib_batches=8] [eval_batches=8]
 
 The net is rebuilt from the run's resolved config (``model.net`` and ``model.crop``, Hydra ``_target_``), the
 ``net.*`` weights of the Lightning checkpoint are loaded strictly, and the eval-mode net is exported with named
@@ -33,7 +34,8 @@ from .deploy.wrappers import ExportWrapper, example_inputs, export_spec, net_out
 from .outputs import atomic_path, git_version, write_json
 
 DEFAULT_OPSET = 17  # >= 16 for GridSample (TRG)
-EXPORT_KEYS = ("run_dir", "ckpt", "out", "opset", "outputs", "untrained", "check", "batch", "dynamic_batch")
+EXPORT_KEYS = ("run_dir", "ckpt", "out", "opset", "outputs", "untrained", "check", "batch", "dynamic_batch",
+               "int8", "calib", "calib_batches", "eval_batches")
 USAGE = __doc__.split("\n\n")[1]
 
 
@@ -177,6 +179,22 @@ def check_against_torch(path: Path, input_names: Sequence[str], output_names: Se
     return {"batch_size": int(next(iter(example.values())).shape[0]), "max_abs_diff": diffs}
 
 
+def int8_model(net: nn.Module, crop: nn.Module, out: Path, sidecar: dict[str, Any], opts: dict[str, str],
+               cfg: DictConfig) -> dict[str, Any]:
+    """The int8 model beside ``out`` (``deploy.quantize``), calibrated on ``calib=<data option>`` (default
+    synthetic: its train split, ``calib_batches`` batches of 16) and compared on its test split."""
+    from .deploy.quantize import export_int8
+    calib = opts.get("calib", "synthetic")
+    nc, ne = int(opts.get("calib_batches", 8)), int(opts.get("eval_batches", 8))
+    data_cfg = compose_config([f"data={calib}", "data.batch_size=16", "data.num_workers=0"]
+                              + ([f"data.train.num_samples={16 * nc}", f"data.val.num_samples=16",
+                                  f"data.test.num_samples={16 * ne}"] if calib == "synthetic" else [])).data
+    names = {o["name"]: o["net_key"] for o in sidecar["outputs"]}
+    record = export_int8(out, crop, [i["name"] for i in sidecar["inputs"]], names, instantiate(data_cfg), nc, ne,
+                         euler_rule=str(data_cfg.get("euler_rule", "trg")))
+    return record | {"calibration": record["calibration"] | {"data": calib}}
+
+
 # -- CLI -------------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     """Split ``key=value`` arguments into export options (``EXPORT_KEYS``) and Hydra overrides."""
@@ -231,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                           batch_size=int(opts.get("batch", 2)), check=_flag(opts.get("check"), True),
                           dynamic_batch=_flag(opts.get("dynamic_batch"), True),
                           source=source, net_config=OmegaConf.to_container(cfg.model.net, resolve=True))
+    if _flag(opts.get("int8"), False):
+        sidecar["int8"] = int8_model(net, crop, out, sidecar, opts, cfg)
+        write_json(out.with_suffix(".json"), sidecar)
+        print(f"wrote {out.parent / sidecar['int8']['file']}: int8 vs float32 on the test split: " + ", ".join(
+            f"{k} {v:.3g}" for k, v in sidecar["int8"]["int8_vs_fp32"].items() if not k.startswith("mean_abs")
+            and isinstance(v, float)))
     print(f"wrote {out} and {out.with_suffix('.json')}")
     print("inputs: " + ", ".join(f"{i['name']} {i['shape']}" for i in sidecar["inputs"]))
     print("outputs: " + ", ".join(f"{o['name']} {o['shape']}" for o in sidecar["outputs"]))

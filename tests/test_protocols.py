@@ -110,3 +110,14 @@ def test_retest_refuses_unknown_protocol_and_non_run(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hpe_bench", "retest", str(tmp_path), "nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "unknown protocol 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("preset, model, expected", [
+    ("opnet_cross", "hpe_bench.models.opnet.OpNet", ["aflw2000", "biwi", "biwi_6dof", "arkitface"]),
+    ("trg_cross", "hpe_bench.models.trg.TRG", ["arkitface", "biwi_6dof", "aflw2000", "biwi"])])
+def test_cross_protocol_presets_compose(preset, model, expected):
+    """Issue 13 item 5: each one command; every protocol it tests on is registered, with its own Euler rule."""
+    from hpe_bench.export import compose_config
+    cfg = compose_config([f"experiment={preset}"])
+    assert list(cfg.test_on) == expected and cfg.model.net._target_ == model
+    assert {get_protocol(p).euler_rule for p in cfg.test_on} == {"opnet", "trg"}

@@ -55,6 +55,10 @@ def test_outputs_contract(tiny_run):
     assert metrics["model"] == "direct_regression" and metrics["data"] == "synthetic"
     assert metrics["euler_convention"] == "trg"
     assert "geodesic_deg" in metrics["mean_pose"]
+    # the protocol card (hpe_bench/protocols/synthetic.yaml) and the weights the numbers come from
+    assert metrics["protocol"]["name"] == "synthetic" and metrics["protocol"]["num_samples"] == 512
+    assert metrics["protocol"]["complete"] is False  # debug=default tests 20 of the protocol's 512
+    assert metrics["checkpoint"]["selection"] == "last" and metrics["checkpoint"]["step"] == 2
 
     df = pd.read_parquet(out / "predictions.parquet")
     assert len(df) == 20 and df["sample_id"].is_unique

@@ -1,0 +1,184 @@
+"""`make bench`: one command, one JSON and one table of every speed figure hpe_bench reports
+(docs/performance.md), each with the machine it ran on (CPU model, threads, torch version, load).
+
+    python benchmarks/bench.py                      # opnet + trg, ~5-8 minutes on 2 CPU cores
+    python benchmarks/bench.py --quick              # seconds-scale smoke version (the test suite runs it)
+    python benchmarks/bench.py --json bench.json --models opnet
+
+Sections: synthetic generation (images/s), loader throughput (samples/s through the datamodule's DataLoader),
+train img/s per model as a pure step (``bench_train``: fp32 and bf16 + channels_last interleaved, medians) and
+as the full pipeline (Lightning ``Trainer.fit`` over the loader, augmentation and crop included), and batch-1
+inference latency per model: PyTorch eager, ONNX Runtime float32 and int8 (static quantisation calibrated on
+synthetic crops, ``hpe_bench.deploy.quantize``), interleaved, medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+import warnings
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import bench_train  # noqa: E402
+
+
+def synthetic_speed(n: int, size: int, workers: int) -> dict:
+    from hpe_bench.data.synthetic import SyntheticDataset
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = SyntheticDataset("train", n, seed=0, image_size=size, cache_dir=tmp, workers=workers)
+        t0 = time.perf_counter()
+        ds.prepare()
+        dt = time.perf_counter() - t0
+    return {"images": n, "image_size": size, "workers": workers, "seconds": dt, "images_per_s": n / dt}
+
+
+def loader_speed(model: str, batch: int, batches: int, workers: int) -> dict:
+    """Samples/s of the synthetic training loader (decode + labels + collate), first batch excluded."""
+    from hydra.utils import instantiate
+
+    from hpe_bench.export import compose_config
+    cfg = compose_config([f"model={model}", "logger=none", f"data.num_workers={workers}", f"data.batch_size={batch}",
+                          f"data.train.num_samples={batch * (batches + 1)}", "data.val.num_samples=1",
+                          "data.test.num_samples=1"])
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    next(it)
+    t0 = time.perf_counter()
+    n = sum(len(b["sample_id"]) for b in it)
+    dt = time.perf_counter() - t0
+    return {"batch": batch, "workers": workers, "samples": n, "samples_per_s": n / dt}
+
+
+def pipeline_speed(model: str, batch: int, steps: int, workers: int) -> dict:
+    """Full-pipeline training img/s: Lightning fit (loader, on-device augmentation, crop, net, loss, optimizer),
+    timed from the end of the first step to the end of the last (start-up excluded)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from hpe_bench.export import compose_config
+
+    class Clock(L.Callback):
+        def __init__(self):
+            self.t = []
+
+        def on_train_batch_end(self, *args, **kwargs):
+            self.t.append(time.perf_counter())
+
+    cfg = compose_config([f"model={model}", "logger=none", f"data.num_workers={workers}", f"data.batch_size={batch}",
+                          f"data.train.num_samples={batch * steps}", "data.val.num_samples=1",
+                          "data.test.num_samples=1"])
+    module = instantiate(cfg.model, loss=instantiate(cfg.loss),
+                         augment=instantiate(cfg.augment) if cfg.get("augment") else None, euler_rule="trg")
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                            callbacks=[clock], default_root_dir=tmp)
+        trainer.fit(module, datamodule=instantiate(cfg.data))
+    dt = clock.t[-1] - clock.t[0]
+    n = batch * (len(clock.t) - 1)
+    return {"batch": batch, "steps": len(clock.t), "img_per_s": n / dt if n else float("nan")}
+
+
+def inference_latency(model: str, runs: int, repeats: int, calib_batches: int, threads: int) -> dict:
+    """Batch-1 latency (ms, median of repeats' medians): eager, ONNX float32, ONNX int8, interleaved."""
+    from bench_latency import time_calls
+    from hydra.utils import instantiate
+
+    from hpe_bench.deploy.quantize import network_input_batches, quantize_int8
+    from hpe_bench.deploy.runtime import make_session
+    from hpe_bench.deploy.wrappers import example_inputs, export_spec
+    from hpe_bench.export import build_model, compose_config, export_onnx
+    cfg = compose_config([f"model={model}", "data.num_workers=0", "data.batch_size=8",
+                          f"data.train.num_samples={8 * calib_batches}", "data.val.num_samples=1",
+                          "data.test.num_samples=1"])
+    net, crop = build_model(cfg, f"conf/model/{model}.yaml")
+    net.eval()
+    names = export_spec(net).inputs
+    inputs = example_inputs(crop, names, batch_size=1, seed=1)
+    feed = {k: v.numpy() for k, v in inputs.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = pathlib.Path(tmp) / f"{model}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_onnx(net, crop, fp32, check=False, batch_size=1)
+        dm = instantiate(cfg.data)
+        dm.prepare_data()
+        dm.setup("fit")
+        int8 = quantize_int8(fp32, fp32.with_suffix(".int8.onnx"),
+                             network_input_batches(crop, dm.train_dataloader(), names, calib_batches))
+        s32, s8 = make_session(fp32, threads=threads), make_session(int8, threads=threads)
+
+        def eager():
+            with torch.inference_mode():
+                net(inputs)
+
+        calls = {"eager": eager, "onnx_fp32": lambda: s32.run(None, feed), "onnx_int8": lambda: s8.run(None, feed)}
+        samples = {k: [] for k in calls}
+        for _ in range(repeats):
+            for k, fn in calls.items():
+                samples[k].append(float(np.median(time_calls(fn, runs, max(2, runs // 10))[0])))
+    row = {f"{k}_ms": float(np.median(v)) for k, v in samples.items()}
+    row["int8_vs_fp32"] = row["onnx_int8_ms"] / row["onnx_fp32_ms"]
+    return row
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="opnet,trg")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every section")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    q = args.quick
+    models = ["opnet"] if q and args.models == "opnet,trg" else args.models.split(",")
+    load0 = os.getloadavg()[0]
+    t_start = time.perf_counter()
+    out = {"machine": bench_train.machine() | {"threads": args.threads}, "quick": q,
+           "synthetic": synthetic_speed(8 if q else 200, 256, 2),
+           "loader": loader_speed(models[0], 8 if q else 32, 2 if q else 8, 0 if q else 2),
+           "models": {}}
+    for m in models:
+        step = bench_train.bench_model(m, ["fp32", "bf16_cl"], 4 if q else 32, 1 if q else 4, 1, "cpu")
+        out["models"][m] = {
+            "train_step": {v: r["img_per_s"] for v, r in step["variants"].items()} | {"batch": step["batch"]},
+            "train_pipeline": pipeline_speed(m, 4 if q else 32, 2 if q else 6, 0 if q else 2),
+            "inference_batch1": inference_latency(m, 5 if q else 100, 1 if q else 3, 1 if q else 4, args.threads),
+        }
+    out["machine"]["load_avg_1min_before"] = round(load0, 2)
+    out["machine"]["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
+    out["wall_s"] = time.perf_counter() - t_start
+    print(json.dumps(out, indent=1))
+    mc = out["machine"]
+    print(f"\n{mc['cpu']}, {mc['threads']} threads of {mc['cpus']} CPUs, torch {mc['torch']}, load "
+          f"{mc['load_avg_1min_before']} -> {mc['load_avg_1min_after']}, {out['wall_s']:.0f} s")
+    print(f"synthetic generation {out['synthetic']['images_per_s']:.1f} img/s; loader "
+          f"{out['loader']['samples_per_s']:.1f} samples/s")
+    print(f"{'model':<10}{'step fp32':>10}{'step bf16+cl':>13}{'pipeline':>10}{'eager ms':>10}{'onnx ms':>9}"
+          f"{'int8 ms':>9}{'int8/fp32':>10}")
+    for m, r in out["models"].items():
+        s, i = r["train_step"], r["inference_batch1"]
+        print(f"{m:<10}{s['fp32']:>10.1f}{s['bf16_cl']:>13.1f}{r['train_pipeline']['img_per_s']:>10.1f}"
+              f"{i['eager_ms']:>10.2f}{i['onnx_fp32_ms']:>9.2f}{i['onnx_int8_ms']:>9.2f}{i['int8_vs_fp32']:>10.2f}")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
