@@ -9,18 +9,19 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast bench table figures grid clean-cache help export bench-latency
+.PHONY: setup demo test test-fast bench bench-gpu table figures grid clean-cache help export bench-latency mini
 
 help:
 	@echo "make demo    - set up if needed, train + test the baseline on the embedded synthetic dataset"
 	@echo "make test    - set up if needed, run the test suite"
-	@echo "make bench   - benchmarks (synthetic generation speed, ...)"
+	@echo "make bench   - speed benchmarks, JSON + table (BENCH_ARGS=--quick); make bench-gpu on a GPU"
 	@echo "make table   - outputs/table.md (every run, mean/std over seeds) + the paper tables beside the published"
 	@echo "               numbers in outputs/tables/<paper>_<table>.md/.tex/.csv (TABLE_ARGS=\"--protocol arkitface=synthetic\")"
 	@echo "make figures - the papers' figures from the runs under outputs/ into outputs/figures/ (PNG + PDF)"
 	@echo "make grid PAPER=trg TABLE=table1 [SEEDS=1,2,3] [GRID_ARGS=\"--dry-run trainer=gpu\"] - one paper table's runs"
+	@echo "make mini    - OpNet Table 2 (BL, ResNet18, - NLL) at CPU size on synthetic data, 2 seeds (~25 min on 2 cores)"
 	@echo "make setup   - create $(VENV) (TORCH=... picks the torch build)"
-	@echo "make export RUN=<run dir> - ONNX model + JSON sidecar into <run dir>/export/ (docs/deployment.md)"
+	@echo "make export RUN=<run dir> [EXPORT_ARGS=int8=true] - ONNX model (+ int8) + JSON sidecar into <run dir>/export/"
 	@echo "make bench-latency - batch-1 CPU latency, ONNX Runtime vs PyTorch, 2 threads"
 
 setup: $(STAMP)
@@ -44,9 +45,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
 
+# one JSON + table: generation, loader, train img/s (step and pipeline), eager/ONNX/int8 latency (docs/performance.md)
 bench: setup
-	$(PY) benchmarks/bench_synthetic.py
-	$(PY) benchmarks/bench_loading.py
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+bench-gpu: setup
+	$(PY) benchmarks/bench_gpu.py $(BENCH_ARGS)
 
 # make export RUN=outputs/runs/<exp>/<time> [EXPORT_ARGS="out=model.onnx outputs=quat,coord"]
 export: setup
@@ -67,6 +71,10 @@ SEEDS ?= 1,2,3
 grid: setup
 	@test -n "$(PAPER)" -a -n "$(TABLE)" || (echo "usage: make grid PAPER=opnet|trg TABLE=table1 [SEEDS=1,2,3] [GRID_ARGS=...]" && exit 2)
 	$(PY) -m hpe_bench.grid $(PAPER) $(TABLE) --seeds $(SEEDS) $(GRID_ARGS)
+
+# A paper table at CPU size (README): runs, then outputs/mini/opnet_table2/tables/opnet_table2.md
+mini: setup
+	experiments/mini_opnet_table2.sh $(MINI_ARGS)
 
 clean-cache:
 	rm -rf .cache/hpe_bench

@@ -31,6 +31,7 @@ from . import geometry as G
 from .detect import InputError
 from .metrics import build_metrics, compute_flat, per_sample_errors
 from .outputs import check_writable, git_version, prediction_columns, write_json, write_parquet
+from .protocols import protocol_card, registry
 
 MATRIX_COLS = tuple(f"R_{i}{j}" for i in range(3) for j in range(3))
 QUAT_COLS = ("qx", "qy", "qz", "qw")
@@ -249,6 +250,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         old = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
         rule = args.report_rule or old.get("euler_convention") or "trg"
         protocol, method = old.get("data") or "run", old.get("model") or "run"
+        card = old.get("protocol")  # the run's protocol card, kept (hpe_bench/protocols)
+        if isinstance(card, dict) and card.get("name"):
+            protocol = card["name"]
         experiment = f"{old.get('experiment') or 'run'} (rescored)"
         batches = parquet_batches(df)
         fmt, source = "matrix", {"run_dir": str(run_dir), "file": str(run_dir / "predictions.parquet")}
@@ -257,7 +261,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise InputError("give a predictions file and --protocol NAME, or --run RUN_DIR")
         df = read_table(args.predictions)
         fmt = args.rotation if args.rotation != "auto" else detect_format(df)
-        batches, default_rule = protocol_batches(args.protocol, args.overrides)
+        # a registered protocol (hpe_bench/protocols) is its data option plus its overrides; else a data option
+        entry = registry().get(args.protocol)
+        card = None
+        if entry is not None:
+            batches, default_rule = protocol_batches(entry.data, [*entry.overrides, *args.overrides])
+        else:
+            batches, default_rule = protocol_batches(args.protocol, args.overrides)
         rule = args.report_rule or default_rule
         protocol, method = args.protocol, args.method or Path(args.predictions).stem
         experiment = "external"
@@ -295,6 +305,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record = dict(values)
     record.update({"euler_convention": rule, "experiment": experiment, "external": True, "seed": None,
                    "model": method, "data": protocol, "loss": None,
+                   "protocol": card if card is not None else protocol_card(
+                       protocol, record.get("num_samples"), name=protocol if protocol in registry() else None),
                    "ids": {**ids, "subset_file": args.ids}, "source": source, "git": git_version(),
                    "scored_utc": datetime.now(timezone.utc).isoformat(), "command": sys.argv})
     write_parquet(out / "predictions.parquet", frame)

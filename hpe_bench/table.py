@@ -27,7 +27,7 @@ from .results import ResultsIndexError, load_all, protocol_of
 KEY_COLUMNS = ("experiment", "model", "data", "protocol", "loss", "euler_convention", "overrides")
 # Overrides that pick what a run is tested on (or where it writes), not what it is: runs that differ only in
 # these belong to one configuration (a training run and the re-tests of its checkpoint, or seeds).
-_NOT_CONFIG = ("seed=", "paths.", "hydra.", "data=", "train=", "ckpt_path=", "test_on=", "experiment=")
+_NOT_CONFIG = ("seed=", "paths.", "hydra.", "data=", "train=", "ckpt_path=", "test_on=", "test_roots.", "experiment=")
 
 
 def metric_keys() -> list[str]:

@@ -24,7 +24,8 @@ def test_registry_pins_the_protocol_counts():
     reg = registry()
     assert {"aflw2000", "aflw2000_all", "biwi", "biwi_6dof", "biwi_70_30", "arkitface", "synthetic",
             "aflw2kmini"} <= set(reg)
-    expected = {"aflw2000": 1969, "aflw2000_all": 2000, "biwi": 13219, "arkitface": 184884, "aflw2kmini": 16}
+    expected = {"aflw2000": 1969, "aflw2000_all": 2000, "biwi": 13219, "biwi_6dof": 15678, "arkitface": 184884,
+                "aflw2kmini": 16}
     assert {k: reg[k].num_samples for k in expected} == expected
     rules = {"aflw2000": "opnet", "biwi": "opnet", "biwi_6dof": "trg", "arkitface": "trg", "biwi_70_30": "opnet"}
     assert {k: reg[k].euler_rule for k in rules} == rules

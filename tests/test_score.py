@@ -74,6 +74,7 @@ def test_ground_truth_scores_zero_and_is_a_run_like_output(syn):
     assert m["geodesic_deg"] == pytest.approx(0.0, abs=1e-3) and m["mae_t_mm"] == pytest.approx(0.0, abs=1e-3)
     assert m["num_samples"] == N and m["count_rotation"] == N and m["external"] is True
     assert m["model"] == "oracle" and m["data"] == "synthetic" and m["euler_convention"] == "trg"
+    assert m["protocol"]["name"] == "synthetic" and m["protocol"]["euler_rule"] == "trg"  # its protocol card
     assert m["ids"]["missing"] == [] and m["ids"]["extra"] == []
     df = pd.read_parquet(out / "predictions.parquet")
     assert len(df) == N and {"pred_R_00", "gt_R_22", "geodesic_deg"} <= set(df.columns)
