@@ -6,7 +6,8 @@
     python benchmarks/bench.py --json bench.json --models opnet
 
 Sections: synthetic generation (images/s), loader throughput (samples/s through the datamodule's DataLoader),
-train img/s per model as a pure step (``bench_train``: fp32 and bf16 + channels_last interleaved, medians) and
+train img/s per model as a pure step (``bench_train``: fp32, channels_last, fused Adam and, on CPUs with
+native bfloat16, bf16 + channels_last; interleaved, medians) and
 as the full pipeline (Lightning ``Trainer.fit`` over the loader, augmentation and crop included), and batch-1
 inference latency per model: PyTorch eager, ONNX Runtime float32 and int8 (static quantisation calibrated on
 synthetic crops, ``hpe_bench.deploy.quantize``), interleaved, medians.
@@ -148,18 +149,22 @@ def main(argv=None) -> dict:
     q = args.quick
     models = ["opnet"] if q and args.models == "opnet,trg" else args.models.split(",")
     load0 = os.getloadavg()[0]
+    from hpe_bench.lit_module import cpu_has_native_bf16
+    # bf16 only where the CPU has it: emulated bfloat16 convolutions are many times slower (docs/performance.md)
+    variants = ["fp32", "cl"] + (["bf16_cl"] if cpu_has_native_bf16() else []) + ([] if q else ["fused"])
     t_start = time.perf_counter()
     out = {"machine": bench_train.machine() | {"threads": args.threads}, "quick": q,
            "synthetic": synthetic_speed(8 if q else 200, 256, 2),
            "loader": loader_speed(models[0], 8 if q else 32, 2 if q else 8, 0 if q else 2),
            "models": {}}
     for m in models:
-        step = bench_train.bench_model(m, ["fp32", "bf16_cl"], 4 if q else 32, 1 if q else 4, 1, "cpu")
+        step = bench_train.bench_model(m, variants, 4 if q else 32, 1 if q else 4, 1, "cpu")
         out["models"][m] = {
             "train_step": {v: r["img_per_s"] for v, r in step["variants"].items()} | {"batch": step["batch"]},
             "train_pipeline": pipeline_speed(m, 4 if q else 32, 2 if q else 6, 0 if q else 2),
             "inference_batch1": inference_latency(m, 5 if q else 100, 1 if q else 3, 1 if q else 4, args.threads),
         }
+    out["train_step_variants"] = variants
     out["machine"]["load_avg_1min_before"] = round(load0, 2)
     out["machine"]["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
     out["wall_s"] = time.perf_counter() - t_start
@@ -169,12 +174,13 @@ def main(argv=None) -> dict:
           f"{mc['load_avg_1min_before']} -> {mc['load_avg_1min_after']}, {out['wall_s']:.0f} s")
     print(f"synthetic generation {out['synthetic']['images_per_s']:.1f} img/s; loader "
           f"{out['loader']['samples_per_s']:.1f} samples/s")
-    print(f"{'model':<10}{'step fp32':>10}{'step bf16+cl':>13}{'pipeline':>10}{'eager ms':>10}{'onnx ms':>9}"
-          f"{'int8 ms':>9}{'int8/fp32':>10}")
+    print(f"{'model':<10}" + "".join(f"{'step ' + v:>13}" for v in variants)
+          + f"{'pipeline':>10}{'eager ms':>10}{'onnx ms':>9}{'int8 ms':>9}{'int8/fp32':>10}   (img/s, ms)")
     for m, r in out["models"].items():
         s, i = r["train_step"], r["inference_batch1"]
-        print(f"{m:<10}{s['fp32']:>10.1f}{s['bf16_cl']:>13.1f}{r['train_pipeline']['img_per_s']:>10.1f}"
-              f"{i['eager_ms']:>10.2f}{i['onnx_fp32_ms']:>9.2f}{i['onnx_int8_ms']:>9.2f}{i['int8_vs_fp32']:>10.2f}")
+        print(f"{m:<10}" + "".join(f"{s[v]:>13.1f}" for v in variants)
+              + f"{r['train_pipeline']['img_per_s']:>10.1f}{i['eager_ms']:>10.2f}{i['onnx_fp32_ms']:>9.2f}"
+              f"{i['onnx_int8_ms']:>9.2f}{i['int8_vs_fp32']:>10.2f}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     return out

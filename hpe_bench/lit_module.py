@@ -21,6 +21,16 @@ from .schedules import global_batch_size, max_steps_for_samples
 log = logging.getLogger(__name__)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this x86 CPU computes bfloat16 natively (AVX512-BF16 or AMX; Linux ``/proc/cpuinfo`` flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _to_float32(x: Any) -> Any:
     """Floating tensors in (nested dicts / lists / tuples of) ``x`` as float32: autocast outputs leave the net."""
     if torch.is_tensor(x):
@@ -131,6 +141,13 @@ class HeadPoseModule(L.LightningModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=B, prog_bar=False)
         self.log("train/loss_total", terms["loss"].detach(), batch_size=B, prog_bar=True)
         return terms["loss"]
+
+    def on_fit_start(self) -> None:
+        precision = str(getattr(self.trainer, "precision", ""))
+        if self.device.type == "cpu" and "bf16" in precision and not cpu_has_native_bf16():
+            log.warning("trainer.precision=%s on a CPU without native bfloat16 (no avx512_bf16 / amx_bf16): its "
+                        "bfloat16 convolutions are emulated and much slower than 32-true (docs/performance.md)",
+                        precision)
 
     def on_train_start(self) -> None:
         if self.global_step > 0:  # restored from ckpt_path (docs/running.md): the tests read this line

@@ -26,7 +26,11 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def protocol_rule(protocol: str) -> str | None:
-    """The Euler rule a protocol reports per-axis errors under (``euler_rule`` of conf/data/<protocol>.yaml)."""
+    """The Euler rule a protocol reports per-axis errors under: its registry entry's (``hpe_bench/protocols``),
+    else ``euler_rule`` of conf/data/<protocol>.yaml."""
+    from .protocols import registry
+    if protocol in registry():
+        return registry()[protocol].euler_rule
     path = CONF_DIR / "data" / f"{protocol}.yaml"
     if not path.is_file():
         return None

@@ -195,10 +195,28 @@ def check_run_dir(run_dir: str | Path, key: str = "hydra.run.dir") -> None:
                         f"{str(ancestor)!r} is not a writable directory")
 
 
+def check_test_on(cfg: DictConfig) -> None:
+    """Every protocol of ``test_on`` is registered (``hpe_bench/protocols``) and has its dataset root (its data
+    option composed as the run will: ``protocol_test.protocol_data_config``)."""
+    test_on = cfg.get("test_on")
+    if test_on is None:
+        return
+    from .protocols import registry
+    names = [str(test_on)] if isinstance(test_on, str) else [str(n) for n in test_on]
+    unknown = [n for n in names if n not in registry()]
+    if unknown:
+        raise UserError(f"test_on: unknown protocol(s) {unknown}; registered: {', '.join(registry())} "
+                        f"(hpe_bench/protocols/*.yaml)")
+    from .protocol_test import protocol_data_config
+    for name in names:
+        protocol_data_config(cfg, registry()[name])  # raises UserError naming the root's key and variable
+
+
 def preflight(cfg: DictConfig, run_dir: str | Path) -> Optional[Path]:
     """All checks above; returns the checkpoint file ``ckpt_path`` names (None if unset)."""
     check_run_dir(run_dir)
     check_config(cfg)
     check_euler_rule(cfg)
+    check_test_on(cfg)
     check_data_roots(cfg)
     return resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from .preflight import UserError
 from .protocols import Protocol, ProtocolError, get_protocol, protocol_for_data
 
-__all__ = ["TestTarget", "test_targets", "checkpoint_record", "output_paths", "protocol_data_config"]
+__all__ = ["TestTarget", "test_targets", "checkpoint_record", "output_paths", "protocol_data_config", "card",
+           "use_euler_rule"]
 
 
 @dataclass
@@ -54,7 +55,8 @@ def _choice(group: str) -> str | None:
 
 def protocol_data_config(cfg: DictConfig, proto: Protocol) -> DictConfig:
     """The ``data`` config of ``proto``: ``data=<proto.data>`` and its overrides, composed with the run's
-    ``debug`` and ``paths`` choices (so a smoke run tests a tiny version of each protocol)."""
+    ``debug`` and ``paths`` choices (so a smoke run tests a tiny version of each protocol), its root from
+    ``test_roots.<protocol>`` where given (else the option's environment variable); roots checked here."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 

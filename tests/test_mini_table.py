@@ -1,6 +1,6 @@
 """The miniature paper table users can run here (README, experiments/mini_opnet_table2.sh), at test size:
 the real script, 2 seeds of one row with a few steps, then the table beside the published column and the
-figures from its checkpoints. The full miniature (3 rows, 300 steps) is `make mini`."""
+figures from its checkpoints. The full miniature (3 rows, 250 steps) is `make mini`."""
 import os
 import subprocess
 import sys
@@ -28,6 +28,7 @@ def test_tiny_miniature_renders_the_table_and_figures(tmp_path):
     assert "| OpNet BL | published | 3.19 | 5.26 |" in md            # the published column, from the index
     assert "hpe_bench `opnet` (n=2)" in md and "±" in md             # mean ± standard error over the 2 seeds
     assert "hpe_bench `opnet_resnet18`: no runs" in md               # rows not run are gaps
+    assert "Euler rule" not in md  # scored under the OpNet rule, as the paper's AFLW2000-3D column (euler_rule=opnet)
     cells = pd.read_csv(tmp_path / "mini" / "tables" / "opnet_table2.csv")
     bl = cells[(cells["preset"] == "opnet") & (cells["metric"] == "geodesic_deg")].iloc[0]
     assert bl["n"] == 2 and bl["source_protocol"] == "synthetic" and bl["published"] == pytest.approx(5.26)

@@ -39,3 +39,6 @@ def test_opnet_trains_and_tests_on_synthetic(tmp_path):
     assert torch.rad2deg(G.geodesic_angle(Rp, Rg)).mean().item() == pytest.approx(metrics["geodesic_deg"], rel=1e-4)
     assert (out / "checkpoints" / "swa.ckpt").is_file()  # SWA from 2N/3 = step 2 swapped in and saved
     assert "SWA: swapped in the average of 2 snapshots" in proc.stdout + proc.stderr
+    # the test numbers name the SWA average as their weights (issue 11 item 7)
+    assert metrics["checkpoint"]["selection"] == "swa"
+    assert metrics["checkpoint"]["path"] == str(out / "checkpoints" / "swa.ckpt")

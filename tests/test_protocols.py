@@ -122,3 +122,44 @@ def test_cross_protocol_presets_compose(preset, model, expected):
     cfg = compose_config([f"experiment={preset}"])
     assert list(cfg.test_on) == expected and cfg.model.net._target_ == model
     assert {get_protocol(p).euler_rule for p in cfg.test_on} == {"opnet", "trg"}
+
+
+def test_checkpoint_selection_is_stated_and_never_test_selected(tmp_path):
+    """Issue 11 item 7: metrics files say which weights they come from; a test-selected checkpoint is refused."""
+    import torch
+
+    from hpe_bench.preflight import UserError
+    from hpe_bench.protocol_test import checkpoint_record
+
+    def save(name, callbacks=None, step=7):
+        path = tmp_path / name
+        torch.save({"state_dict": {}, "global_step": step, "callbacks": callbacks or {}}, path)
+        return path
+
+    cfg = OmegaConf.create({"train": False})
+    assert checkpoint_record(None, cfg, tmp_path, save("last.ckpt")) == {
+        "selection": "last", "path": str(tmp_path / "last.ckpt"), "step": 7}
+    assert checkpoint_record(None, cfg, tmp_path, save("swa.ckpt", step=9))["selection"] == "swa"
+    key = "ModelCheckpoint{'monitor': 'val/geodesic_deg', 'mode': 'min', 'every_n_train_steps': 0}"
+    best = tmp_path / "epoch=3.ckpt"
+    rec = checkpoint_record(None, cfg, tmp_path, save(best.name, {key: {"monitor": "val/geodesic_deg",
+                                                                        "best_model_path": str(best)}}))
+    assert rec == {"selection": "val/geodesic_deg min", "path": str(best), "step": 7}
+    bad = tmp_path / "best_test.ckpt"
+    save(bad.name, {key.replace("val/", "test/"): {"monitor": "test/geodesic_deg", "best_model_path": str(bad)}})
+    with pytest.raises(UserError, match="test metric"):
+        checkpoint_record(None, cfg, tmp_path, bad)
+    assert checkpoint_record(None, cfg, tmp_path, save("imported.ckpt"))["selection"] == "given"
+    assert checkpoint_record(None, cfg, tmp_path, None) == {"selection": "untrained", "path": None, "step": 0}
+
+
+def test_bad_test_on_stops_before_the_run_directory(tmp_path):
+    """An unknown protocol, or one whose dataset root is missing, stops the command before any run directory."""
+    env = dict(os.environ, HPE_BENCH_CACHE=str(tmp_path / "cache"))
+    env.pop("HPE_BIWI_ROOT", None)
+    for bad, message in (("test_on=[synthetic,biwi7030]", "unknown protocol(s) ['biwi7030']"),
+                         ("test_on=[biwi_70_30]", "HPE_BIWI_ROOT")):
+        proc = subprocess.run([sys.executable, "-m", "hpe_bench", *TINY, f"paths.output_dir={tmp_path / 'out'}", bad],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
