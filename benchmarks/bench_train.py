@@ -134,6 +134,18 @@ def bench_model(model: str, variants: list[str], batch_size: int, steps: int, wa
     return {"model": model, "batch": batch_size, "device": device, "variants": rows}
 
 
+def profile_step(model: str, variant: str, batch_size: int, device: str, rows: int = 25) -> str:
+    """torch.profiler table (self CPU time) of one training step after one warm-up step."""
+    from torch.profiler import ProfilerActivity, profile
+    batch, cfg = fixed_batch(model, batch_size)
+    run = build_variant(cfg, variant, None, device)
+    one_step(*run, batch, device)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts, record_shapes=False) as prof:
+        one_step(*run, batch, device)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def print_table(results: list[dict]) -> None:
     print(f"{'model':<20}{'variant':<10}{'img/s':>9}{'step s':>9}{'ratio':>8}{'first loss':>12}")
     for r in results:
@@ -154,6 +166,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None)
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the first "
+                   "variant per model instead of timing the variants")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,6 +175,11 @@ def main(argv=None) -> list[dict]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if args.profile:
+        for m in args.models.split(","):
+            print(f"== {m}, {variants[0]}, batch {args.batch}")
+            print(profile_step(m, variants[0], args.batch, args.device))
+        return []
     load0 = os.getloadavg()[0]
     results = [bench_model(m, variants, args.batch, args.steps, args.warmup, args.device)
                for m in args.models.split(",")]
