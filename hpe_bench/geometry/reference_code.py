@@ -32,7 +32,7 @@ from .camera import crop_transform, square_box
 __all__ = [
     "CROP_MAPPINGS", "RESIZE_RULES", "BBOX_REFERENCES", "SAMPLER_DIVISORS", "HEATMAP_CELL_RULES",
     "opnet_code_window", "crop_window_maps", "opnet_code_resize_weights", "opnet_code_crop", "warp_crop",
-    "box_features_reference",
+    "box_features_reference", "reference_point",
     "normalize_sampling_points", "heatmap_cell_positions", "SIXD_FROM_ROW_MAJOR", "sixd_from_row_major",
     "sixd_to_row_major", "grid_order_permutation",
 ]
@@ -186,19 +186,25 @@ def warp_crop(images: Tensor, warp: Tensor, size: int) -> Tensor:
                           align_corners=True)
 
 
+def reference_point(K: Tensor, reference: str = "principal_point", image_size: Tensor | None = None) -> Tensor:
+    """The point box centres are measured from, ``(..., 2)`` pixels: K's principal point ``K (..., 3, 3)``
+    (hpe_bench) or the image centre ``image_size / 2`` with ``image_size (..., 2) = (W, H)`` (TRG code).
+    Used by TRG's I_bbox (``box_features_reference``) and its translation rules (``models/trg_parts.py``)."""
+    if reference == "principal_point":
+        return K[..., :2, 2]
+    if reference == "image_centre":
+        if image_size is None:
+            raise ValueError("reference 'image_centre' needs image_size (..., 2) = (W, H) of the full images")
+        return torch.as_tensor(image_size).to(K) / 2.0
+    raise ValueError(f"reference point must be one of {BBOX_REFERENCES}, got {reference!r}")
+
+
 def box_features_reference(box: Tensor, K: Tensor, reference: str = "principal_point",
                            image_size: Tensor | None = None) -> Tensor:
     """TRG's I_bbox ``(..., 3) = ((cx_box - rx) / f, (cy_box - ry) / f, side / f)`` with the reference point
-    ``(rx, ry)`` K's principal point (hpe_bench) or the image centre ``image_size / 2`` (``(W, H)``; TRG code).
+    ``(rx, ry) = reference_point(K, reference, image_size)``.
     The code also multiplies the first two by 4; the importer folds that into the weights instead."""
-    if reference == "principal_point":
-        ref = K[..., :2, 2]
-    elif reference == "image_centre":
-        if image_size is None:
-            raise ValueError("bbox_reference='image_centre' needs the image size (W, H)")
-        ref = image_size.to(box) / 2.0
-    else:
-        raise ValueError(f"bbox reference must be one of {BBOX_REFERENCES}, got {reference!r}")
+    ref = reference_point(K, reference, image_size).to(box)
     f = K[..., 0, 0]
     centre = (box[..., :2] + box[..., 2:]) / 2.0
     return torch.stack([(centre[..., 0] - ref[..., 0]) / f, (centre[..., 1] - ref[..., 1]) / f,

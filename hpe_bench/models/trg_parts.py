@@ -29,15 +29,7 @@ def _box_terms(box: Tensor, K: Tensor, principal: str, image_size: Tensor | None
     """Box side ``b (...,)``, box centre relative to the reference point ``tau (..., 2)``, ``fx, fy (...,)``."""
     b = box[..., 2] - box[..., 0]  # the box is square (CropInput); the paper's b is its side
     centre = (box[..., :2] + box[..., 2:]) / 2.0
-    if principal == "principal_point":
-        ref = K[..., :2, 2]
-    elif principal == "image_centre":
-        # Reference-code variant: tau relative to (W/2, H/2); exact only where c is the image centre.
-        if image_size is None:
-            raise ValueError("principal='image_centre' needs image_size (..., 2) = (W, H)")
-        ref = torch.as_tensor(image_size).to(box) / 2.0
-    else:
-        raise ValueError(f"principal must be 'principal_point' or 'image_centre', got {principal!r}")
+    ref = G.reference_point(K, principal, image_size).to(box)
     return b, centre - ref, K[..., 0, 0], K[..., 1, 1]
 
 
