@@ -19,7 +19,7 @@ help:
 	@echo "               numbers in outputs/tables/<paper>_<table>.md/.tex/.csv (TABLE_ARGS=\"--protocol arkitface=synthetic\")"
 	@echo "make figures - the papers' figures from the runs under outputs/ into outputs/figures/ (PNG + PDF)"
 	@echo "make grid PAPER=trg TABLE=table1 [SEEDS=1,2,3] [GRID_ARGS=\"--dry-run trainer=gpu\"] - one paper table's runs"
-	@echo "make mini    - OpNet Table 2 (BL, ResNet18, - NLL) at CPU size on synthetic data, 2 seeds (~27 min on 2 cores, est.)"
+	@echo "make mini    - OpNet Table 2 (BL, - NLL) at CPU size on synthetic data, 2 seeds (~13 min on 2 idle cores)"
 	@echo "make setup   - create $(VENV) (TORCH=... picks the torch build)"
 	@echo "make export RUN=<run dir> [EXPORT_ARGS=int8=true] - ONNX model (+ int8) + JSON sidecar into <run dir>/export/"
 	@echo "make bench-latency - batch-1 CPU latency, ONNX Runtime vs PyTorch, 2 threads"
