@@ -17,9 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-
-class InputError(ValueError):
-    """A user input (file, option, content) is unusable; the message names it. ``hpe-bench`` exits 2."""
+from .cli import InputError  # noqa: F401  (re-exported for the tools' imports)
 
 
 class Detector(Protocol):

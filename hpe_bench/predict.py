@@ -29,6 +29,7 @@ import torch
 
 from . import geometry as G
 from . import viz
+from .cli import run_tool
 from .detect import BoxFileDetector, InputError, MTCNNDetector, box_iou
 from .predictor import intrinsics, load_predictor
 from .smoothing import OneEuroParams, OneEuroPoseFilter
@@ -335,14 +336,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except InputError as err:
-        print(f"hpe-bench predict: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+    return run_tool("hpe-bench predict", run, parser().parse_args(argv))
 
 
 if __name__ == "__main__":

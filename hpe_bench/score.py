@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from . import geometry as G
+from .cli import run_tool
 from .detect import InputError
 from .metrics import build_metrics, compute_flat, per_sample_errors
 from .outputs import check_writable, git_version, prediction_columns, write_json, write_parquet
@@ -340,14 +341,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_intermixed_args(argv)
-    try:
-        summary = run(args)
-    except InputError as err:
-        print(f"hpe-bench score: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
+    return run_tool("hpe-bench score", run, parser().parse_intermixed_args(argv))
 
 
 if __name__ == "__main__":

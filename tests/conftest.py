@@ -13,18 +13,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HPE_BENCH_SHARED", ROOT.parent / "shared"))
 
 
+def _shared_dir(name: str) -> Path:
+    path = SHARED / name
+    if not path.is_dir():
+        pytest.skip(f"shared {name} not found at {path} (set HPE_BENCH_SHARED)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_assets() -> Path:
-    path = SHARED / "assets"
-    if not path.is_dir():
-        pytest.skip(f"shared assets not found at {path} (set HPE_BENCH_SHARED)")
-    return path
+    """``../shared/assets``: real data (aflw2kmini.h5, face models, protocol label files)."""
+    return _shared_dir("assets")
 
 
 @pytest.fixture(scope="session")
 def shared_reference() -> Path:
     """``../shared/reference``: facts and reference values from the papers' authors' code (losses/, checkpoints/)."""
-    path = SHARED / "reference"
-    if not path.is_dir():
-        pytest.skip(f"shared reference not found at {path} (set HPE_BENCH_SHARED)")
-    return path
+    return _shared_dir("reference")
