@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     q = args.quick
     models = ["opnet"] if q and args.models == "opnet,trg" else args.models.split(",")
     load0 = os.getloadavg()[0]
-    from hpe_bench.lit_module import cpu_has_native_bf16
+    from hpe_bench.hardware import cpu_has_native_bf16
     # bf16 only where the CPU has it: emulated bfloat16 convolutions are many times slower (docs/performance.md)
     variants = ["fp32", "cl"] + (["bf16_cl"] if cpu_has_native_bf16() else []) + ([] if q else ["fused"])
     t_start = time.perf_counter()

@@ -14,6 +14,8 @@ step on one fixed synthetic batch, with its own copy of the same initial weights
   fused     +model.optimizer.fused=true (fused Adam kernel; the default runs one kernel per parameter on CPU)
   foreach   model.optimizer.foreach=true
   compile   model.compile=true (torch.compile; the first steps compile and are excluded as warm-up)
+Variants combine with "+": ``bf16+cl+fused`` is all three. ``--overrides`` adds Hydra overrides to every model's
+config (``--overrides "model.net.backbone=resnet10t model.crop.size=64"``).
 """
 from __future__ import annotations
 
@@ -60,11 +62,22 @@ def machine() -> dict:
             "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
-def fixed_batch(model: str, batch_size: int, image_size: int = 256) -> tuple[dict, object]:
+def variant_parts(name: str) -> tuple[bool, bool, dict, bool]:
+    """``(autocast, channels_last, optimizer kwargs, compile)`` of a variant name or a "+" combination."""
+    parts = name.split("+")
+    unknown = [p for p in parts if p not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)} (combine with '+')")
+    specs = [VARIANTS[p] for p in parts]
+    return (any(s[0] for s in specs), any(s[1] for s in specs), {k: v for s in specs for k, v in s[2].items()},
+            any(s[3] for s in specs))
+
+
+def fixed_batch(model: str, batch_size: int, image_size: int = 256, overrides: tuple[str, ...] = ()) -> tuple[dict, object]:
     """One training batch of the synthetic dataset (rendered into the cache once) and the composed config."""
     from hpe_bench.export import compose_config
     from hydra.utils import instantiate
-    cfg = compose_config([*MODEL_OVERRIDES.get(model, [f"model={model}"]), "logger=none", "data.num_workers=0",
+    cfg = compose_config([*MODEL_OVERRIDES.get(model, [f"model={model}"]), *overrides, "logger=none", "data.num_workers=0",
                           f"data.batch_size={batch_size}", f"data.train.num_samples={batch_size}",
                           f"data.train.image_size={image_size}", "data.val.num_samples=1", "data.test.num_samples=1"])
     dm = instantiate(cfg.data)
@@ -76,7 +89,7 @@ def fixed_batch(model: str, batch_size: int, image_size: int = 256) -> tuple[dic
 def build_variant(cfg, name: str, state: dict | None, device: str):
     """(module, optimizer, autocast flag) for one variant, starting from ``state`` (shared initial weights)."""
     from hydra.utils import instantiate
-    autocast, channels_last, opt_kwargs, compile_ = VARIANTS[name]
+    autocast, channels_last, opt_kwargs, compile_ = variant_parts(name)
     module = instantiate(cfg.model, loss=instantiate(cfg.loss), augment=instantiate(cfg.augment) if cfg.get("augment")
                          else None, euler_rule="trg", channels_last=channels_last, compile=compile_)
     if state is not None:
@@ -105,8 +118,9 @@ def one_step(module, optimizer, autocast: bool, batch: dict, device: str) -> flo
     return time.perf_counter() - t0
 
 
-def bench_model(model: str, variants: list[str], batch_size: int, steps: int, warmup: int, device: str) -> dict:
-    batch, cfg = fixed_batch(model, batch_size)
+def bench_model(model: str, variants: list[str], batch_size: int, steps: int, warmup: int, device: str,
+                overrides: tuple[str, ...] = ()) -> dict:
+    batch, cfg = fixed_batch(model, batch_size, overrides=overrides)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     torch.manual_seed(0)
     ref, _, _ = build_variant(cfg, "fp32", None, "cpu")
@@ -131,13 +145,14 @@ def bench_model(model: str, variants: list[str], batch_size: int, steps: int, wa
         med = float(np.median(times[v]))
         rows[v] = {"img_per_s": batch_size / med, "median_step_s": med, "speedup_vs_" + variants[0]: base / med,
                    "first_loss": first_loss[v], "steps": steps}
-    return {"model": model, "batch": batch_size, "device": device, "variants": rows}
+    return {"model": model, "batch": batch_size, "device": device, "overrides": list(overrides), "variants": rows}
 
 
-def profile_step(model: str, variant: str, batch_size: int, device: str, rows: int = 25) -> str:
+def profile_step(model: str, variant: str, batch_size: int, device: str, rows: int = 25,
+                 overrides: tuple[str, ...] = ()) -> str:
     """torch.profiler table (self CPU time) of one training step after one warm-up step."""
     from torch.profiler import ProfilerActivity, profile
-    batch, cfg = fixed_batch(model, batch_size)
+    batch, cfg = fixed_batch(model, batch_size, overrides=overrides)
     run = build_variant(cfg, variant, None, device)
     one_step(*run, batch, device)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
@@ -166,22 +181,23 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None)
+    p.add_argument("--overrides", default="", help="Hydra overrides for every model, space-separated")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the first "
                    "variant per model instead of timing the variants")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    for v in variants:
+        variant_parts(v)  # exits on an unknown name before any work
+    overrides = tuple(args.overrides.split())
     if args.profile:
         for m in args.models.split(","):
             print(f"== {m}, {variants[0]}, batch {args.batch}")
-            print(profile_step(m, variants[0], args.batch, args.device))
+            print(profile_step(m, variants[0], args.batch, args.device, overrides=overrides))
         return []
     load0 = os.getloadavg()[0]
-    results = [bench_model(m, variants, args.batch, args.steps, args.warmup, args.device)
+    results = [bench_model(m, variants, args.batch, args.steps, args.warmup, args.device, overrides)
                for m in args.models.split(",")]
     info = machine() | {"load_avg_1min_before": round(load0, 2)}
     print(json.dumps({"machine": info, "train_step": results}, indent=1))

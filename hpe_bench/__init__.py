@@ -21,12 +21,18 @@ def experiment_choice(*, _root_=None) -> str:
 
 
 def gpu_precision() -> str:
-    """``${hpe_bench.gpu_precision:}`` (conf/trainer/gpu.yaml): ``bf16-mixed`` where the GPU has bfloat16
-    (Ampere and newer: no loss scaling needed), else ``16-mixed``."""
-    import torch
-    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+    """``${hpe_bench.gpu_precision:}`` (conf/trainer/gpu.yaml): ``hardware.gpu_precision``."""
+    from .hardware import gpu_precision as policy
+    return policy()
+
+
+def fast_precision(accelerator: str = "auto") -> str:
+    """``${hpe_bench.fast_precision:<accelerator>}`` (conf/trainer/fast.yaml): ``hardware.fast_precision``."""
+    from .hardware import fast_precision as policy
+    return policy(str(accelerator))
 
 
 # Registered on import of the package, which `python -m hpe_bench`, `hpe-bench` and every module import first.
 OmegaConf.register_new_resolver("hpe_bench.experiment", experiment_choice, replace=True)
 OmegaConf.register_new_resolver("hpe_bench.gpu_precision", gpu_precision, replace=True)
+OmegaConf.register_new_resolver("hpe_bench.fast_precision", fast_precision, replace=True)

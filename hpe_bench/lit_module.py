@@ -14,21 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from . import geometry as G
+from .hardware import cpu_has_native_bf16
 from .metrics import METRICS, build_metrics, compute_flat, per_sample_errors
 from .outputs import prediction_columns
 from .schedules import global_batch_size, max_steps_for_samples
 
 log = logging.getLogger(__name__)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this x86 CPU computes bfloat16 natively (AVX512-BF16 or AMX; Linux ``/proc/cpuinfo`` flags)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _to_float32(x: Any) -> Any:

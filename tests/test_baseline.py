@@ -84,3 +84,85 @@ def test_gradients_reach_backbone():
     out.backward()
     grads = [p.grad for p in net.backbone.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def _constant_head(net, bias):
+    """Zero the last layer's weights so the head outputs ``bias`` for every input."""
+    with torch.no_grad():
+        net.head[-1].weight.zero_()
+        net.head[-1].bias.copy_(torch.tensor(bias, dtype=torch.float32))
+
+
+def test_ray_frame_points_identity_along_the_box_ray():
+    """rotation_frame=ray with R_local = I: the head's z axis is the unit ray through the box centre (known
+    values from K and the box, computed by hand here), and the rotation is the minimal one (no twist about z)."""
+    torch.manual_seed(0)
+    net = create_model("direct_regression", backbone="resnet10t", rotation_frame="ray").eval()
+    _constant_head(net, [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
+    inputs = CropInput(size=64)(toy_batch())
+    with torch.no_grad():
+        R = net(inputs)["R"]
+    box = inputs["box"][0]
+    cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+    d = np.array([(cx - 31.5) / 80.0, (cy - 31.5) / 80.0, 1.0])
+    d /= np.linalg.norm(d)
+    assert np.allclose(R[0, :, 2].numpy(), d, atol=1e-5)
+    # minimal rotation: it turns about k = z x d, so k itself is left in place (no twist about the ray)
+    k = np.cross([0, 0, 1.0], d)
+    k /= np.linalg.norm(k)
+    assert np.allclose(R[0].numpy() @ k, k, atol=1e-5)
+    camera = create_model("direct_regression", backbone="resnet10t", rotation_frame="camera").eval()
+    _constant_head(camera, [1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0])
+    with torch.no_grad():
+        assert torch.allclose(camera(inputs)["R"][0], torch.eye(3), atol=1e-6)
+
+
+def test_correction_translation_projects_onto_the_box_centre():
+    """translation=correction with (s, dx, dy) = (1.5, 0.1, 0): depth 0.2 s fx / b and the head centre projects
+    b dx to the right of the box centre (TRG Eq. 2)."""
+    net = create_model("direct_regression", backbone="resnet10t", translation="correction").eval()
+    _constant_head(net, [1.0, 0, 0, 0, 1.0, 0, 1.5, 0.1, 0.0])
+    inputs = CropInput(size=64)(toy_batch())
+    with torch.no_grad():
+        t = net(inputs)["t"][0].double()
+    box = inputs["box"][0].double()
+    b = float(box[2] - box[0])
+    assert float(t[2]) == pytest.approx(0.2 * 1.5 * 80.0 / b, rel=1e-5)
+    u, v = 80.0 * t[0] / t[2] + 31.5, 80.0 * t[1] / t[2] + 31.5
+    assert float(u) == pytest.approx(float(box[0] + box[2]) / 2 + 0.1 * b, abs=1e-3)
+    assert float(v) == pytest.approx(float(box[1] + box[3]) / 2, abs=1e-3)
+
+
+def test_parametrisation_names_are_checked():
+    with pytest.raises(ValueError, match="rotation_frame"):
+        create_model("direct_regression", backbone="resnet10t", rotation_frame="world")
+    with pytest.raises(ValueError, match="translation"):
+        create_model("direct_regression", backbone="resnet10t", translation="metres")
+
+
+def test_auxiliary_landmarks_map_crop_centre_to_box_centre_and_train():
+    """landmarks=True: a head output of (0, 0) (the crop's centre pixel (S-1)/2 in the normalised frame) is
+    ``box_lo + (S - 1) / 2 * side / S`` in full-image pixels (crop_transform: x' = (x - x0) S / side); the loss term
+    is the mean per-landmark L1 in that frame (here |0 - gt|, gt worked out by hand)."""
+    net = create_model("direct_regression", backbone="resnet10t", landmarks=True).eval()
+    with torch.no_grad():
+        net.landmark_head.weight.zero_()
+        net.landmark_head.bias.zero_()
+    batch = toy_batch()
+    batch["landmarks_2d"] = torch.zeros(3, 68, 2, dtype=torch.float64) + torch.tensor([25.0, 31.0], dtype=torch.float64)
+    batch["has_landmarks_2d"] = torch.tensor([True, True, False])
+    inputs = CropInput(size=64)(batch)
+    with torch.no_grad():
+        pred = net(inputs)
+    box = inputs["box"]
+    side = (box[:, 2] - box[:, 0]).double()
+    lo = box[:, :2].double()
+    expected_px = lo + 31.5 * side[:, None] / 64
+    assert torch.allclose(pred["landmarks_2d"].double(), expected_px[:, None].expand(3, 68, 2), atol=1e-3)
+    assert pred["heatmap_landmarks"].shape == (3, 68, 2)
+    terms = DirectRegressionLoss(landmarks=2.0)(pred, batch, inputs)
+    # GT in the normalised crop frame: crop px (p - lo) S / side, then x * 2 / (S - 1) - 1
+    gt = (torch.tensor([25.0, 31.0], dtype=torch.float64) - lo) * 64 / side[:, None] * 2 / 63 - 1
+    expected = gt[:2].abs().sum(-1).mean()
+    assert float(terms["landmarks"]) == pytest.approx(2.0 * float(expected), rel=1e-4)
+    assert "landmarks" not in DirectRegressionLoss()(pred, batch, inputs)

@@ -5,16 +5,19 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
+from .. import geometry as G
 from .masking import masked_mean
 
 
 class DirectRegressionLoss(nn.Module):
     """``rot``: squared Frobenius distance ``|R_hat - R|_F^2`` (= 4 (1 - cos angle) for rotations);
-    ``trans``: L1 of the translation in metres. Each averaged over the samples that have the label."""
+    ``trans``: L1 of the translation in metres; ``landmarks`` (auxiliary, only when the net predicts
+    ``heatmap_landmarks``): per-landmark L1 in the crop's normalised ``[-1, 1]`` frame, TRG's landmark term (the
+    GT is ``crop_to_normalized(A landmarks_2d)``). Each averaged over the samples that have the label."""
 
-    def __init__(self, rot: float = 1.0, trans: float = 1.0):
+    def __init__(self, rot: float = 1.0, trans: float = 1.0, landmarks: float = 0.0):
         super().__init__()
-        self.w_rot, self.w_trans = rot, trans
+        self.w_rot, self.w_trans, self.w_landmarks = rot, trans, landmarks
 
     def forward(self, pred: Mapping[str, Tensor], batch: Mapping[str, Any],
                 inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -22,5 +25,11 @@ class DirectRegressionLoss(nn.Module):
         rot = masked_mean((pred["R"] - batch["R"]).square().sum((-1, -2)), batch["has_R"])
         trans = masked_mean((pred["t"] - batch["t"]).abs().sum(-1), batch["has_t"])
         terms = {"rot": self.w_rot * rot, "trans": self.w_trans * trans}
+        if self.w_landmarks and "heatmap_landmarks" in pred:
+            lm = pred["heatmap_landmarks"]
+            S = int(inputs["image"].shape[-1])
+            gt = G.crop_to_normalized(G.apply_transform_2d(inputs["A"].to(lm), batch["landmarks_2d"].to(lm)), S)
+            per_sample = (lm - gt).abs().sum(-1).mean(-1)
+            terms["landmarks"] = self.w_landmarks * masked_mean(per_sample, batch["has_landmarks_2d"])
         terms["loss"] = sum(terms.values())
         return terms
