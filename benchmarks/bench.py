@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 import bench_train  # noqa: E402
 
@@ -95,21 +96,34 @@ def pipeline_speed(model: str, batch: int, steps: int, workers: int) -> dict:
     return {"batch": batch, "steps": len(clock.t), "img_per_s": n / dt if n else float("nan")}
 
 
-def inference_latency(model: str, runs: int, repeats: int, calib_batches: int, threads: int) -> dict:
-    """Batch-1 latency (ms, median of repeats' medians): eager, ONNX float32, ONNX int8, interleaved."""
+def inference_latency(model: str, runs: int, repeats: int, calib_batches: int, threads: int,
+                      run_dir: str | None = None, eval_batches: int = 4) -> dict:
+    """Batch-1 latency (ms, median of repeats' medians): eager, ONNX float32, ONNX int8, interleaved; and the
+    accuracy change int8 costs on the synthetic test split (``eval_batches`` batches of 8: int8 vs float32
+    predictions of the same weights, and each against the labels where the net outputs a camera-frame ``R``).
+    ``run_dir``: a trained run (its config and ``checkpoints/last.ckpt``); else seeded untrained weights."""
     from bench_latency import time_calls
     from hydra.utils import instantiate
 
-    from hpe_bench.deploy.quantize import network_input_batches, quantize_int8
+    from hpe_bench.deploy.quantize import compare_predictions, network_input_batches, quantize_int8
     from hpe_bench.deploy.runtime import make_session
     from hpe_bench.deploy.wrappers import example_inputs, export_spec
-    from hpe_bench.export import build_model, compose_config, export_onnx
-    cfg = compose_config([f"model={model}", "data.num_workers=0", "data.batch_size=8",
-                          f"data.train.num_samples={8 * calib_batches}", "data.val.num_samples=1",
-                          "data.test.num_samples=1"])
-    net, crop = build_model(cfg, f"conf/model/{model}.yaml")
+    from hpe_bench.export import build_model, compose_config, export_onnx, load_net_weights, load_run_config
+    sizes = {"data.num_workers": 0, "data.batch_size": 8, "data.train.num_samples": 8 * calib_batches,
+             "data.val.num_samples": 1, "data.test.num_samples": 8 * eval_batches}
+    if run_dir:
+        cfg, _ = load_run_config(pathlib.Path(run_dir))
+        for k, v in sizes.items():
+            OmegaConf.update(cfg, k, v)
+        net, crop = build_model(cfg, str(run_dir))
+        load_net_weights(net, pathlib.Path(run_dir) / "checkpoints" / "last.ckpt")
+    else:
+        torch.manual_seed(0)
+        cfg = compose_config([f"model={model}", *(f"{k}={v}" for k, v in sizes.items())])
+        net, crop = build_model(cfg, f"conf/model/{model}.yaml")
     net.eval()
-    names = export_spec(net).inputs
+    spec = export_spec(net)
+    names = spec.inputs
     inputs = example_inputs(crop, names, batch_size=1, seed=1)
     feed = {k: v.numpy() for k, v in inputs.items()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,8 +147,17 @@ def inference_latency(model: str, runs: int, repeats: int, calib_batches: int, t
         for _ in range(repeats):
             for k, fn in calls.items():
                 samples[k].append(float(np.median(time_calls(fn, runs, max(2, runs // 10))[0])))
+        dm.setup("test")
+        labels: list = []
+        test = list(network_input_batches(crop, dm.test_dataloader(), names, eval_batches, labels))
+        onames = [o.name for o in s32.get_outputs()]
+        preds = {k: [dict(zip(onames, sess.run(None, f))) for f in test] for k, sess in (("fp32", s32), ("int8", s8))}
+        out_names = {n: key for n, (key, _) in spec.outputs.items() if n in onames}
+        change = compare_predictions(preds["fp32"], preds["int8"], out_names, "trg", labels)
     row = {f"{k}_ms": float(np.median(v)) for k, v in samples.items()}
     row["int8_vs_fp32"] = row["onnx_int8_ms"] / row["onnx_fp32_ms"]
+    row["weights"] = str(run_dir) if run_dir else "untrained (seed 0)"
+    row["int8_accuracy_change"] = {k: v for k, v in change.items() if not k.startswith("mean_abs_diff/")}
     return row
 
 
@@ -144,7 +167,10 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every section")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the JSON here")
+    p.add_argument("--runs", default="", help="trained runs for the latency/int8 section, model=run_dir[,...] "
+                   "(e.g. opnet=outputs/runs/opnet/<time>); other models use seeded untrained weights")
     args = p.parse_args(argv)
+    trained = dict(item.split("=", 1) for item in args.runs.split(",") if item)
     torch.set_num_threads(args.threads)
     q = args.quick
     models = ["opnet"] if q and args.models == "opnet,trg" else args.models.split(",")
@@ -162,7 +188,8 @@ def main(argv=None) -> dict:
         out["models"][m] = {
             "train_step": {v: r["img_per_s"] for v, r in step["variants"].items()} | {"batch": step["batch"]},
             "train_pipeline": pipeline_speed(m, 4 if q else 32, 2 if q else 6, 0 if q else 2),
-            "inference_batch1": inference_latency(m, 5 if q else 100, 1 if q else 3, 1 if q else 4, args.threads),
+            "inference_batch1": inference_latency(m, 5 if q else 100, 1 if q else 3, 1 if q else 4, args.threads,
+                                                  trained.get(m), 1 if q else 4),
         }
     out["train_step_variants"] = variants
     out["machine"]["load_avg_1min_before"] = round(load0, 2)
@@ -175,12 +202,14 @@ def main(argv=None) -> dict:
     print(f"synthetic generation {out['synthetic']['images_per_s']:.1f} img/s; loader "
           f"{out['loader']['samples_per_s']:.1f} samples/s")
     print(f"{'model':<10}" + "".join(f"{'step ' + v:>13}" for v in variants)
-          + f"{'pipeline':>10}{'eager ms':>10}{'onnx ms':>9}{'int8 ms':>9}{'int8/fp32':>10}   (img/s, ms)")
+          + f"{'pipeline':>10}{'eager ms':>10}{'onnx ms':>9}{'int8 ms':>9}{'int8/fp32':>10}{'int8 geo':>9}"
+          "   (img/s, ms; int8 geo: deg between int8 and fp32 rotations, synthetic test)")
     for m, r in out["models"].items():
         s, i = r["train_step"], r["inference_batch1"]
         print(f"{m:<10}" + "".join(f"{s[v]:>13.1f}" for v in variants)
               + f"{r['train_pipeline']['img_per_s']:>10.1f}{i['eager_ms']:>10.2f}{i['onnx_fp32_ms']:>9.2f}"
-              f"{i['onnx_int8_ms']:>9.2f}{i['int8_vs_fp32']:>10.2f}")
+              f"{i['onnx_int8_ms']:>9.2f}{i['int8_vs_fp32']:>10.2f}"
+              f"{i['int8_accuracy_change'].get('geodesic_deg', float('nan')):>9.3f}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     return out

@@ -166,3 +166,30 @@ def test_auxiliary_landmarks_map_crop_centre_to_box_centre_and_train():
     expected = gt[:2].abs().sum(-1).mean()
     assert float(terms["landmarks"]) == pytest.approx(2.0 * float(expected), rel=1e-4)
     assert "landmarks" not in DirectRegressionLoss()(pred, batch, inputs)
+
+
+def test_rotation_loss_norms_known_values():
+    """A 60 degree error about z: squared Frobenius 4 (1 - cos 60) = 2, Frobenius 2 sqrt(2) sin(30) = sqrt(2)."""
+    batch = toy_batch()
+    a = np.radians(60.0)
+    Rz = torch.tensor([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]], dtype=torch.float64)
+    pred = {"R": batch["R"].double() @ Rz, "t": batch["t"].clone()}
+    batch = dict(batch, R=batch["R"].double())
+    squared = DirectRegressionLoss()(pred, batch, {})
+    frob = DirectRegressionLoss(rot_norm="frobenius")(pred, batch, {})
+    assert float(squared["rot"]) == pytest.approx(2.0, abs=1e-6)
+    assert float(frob["rot"]) == pytest.approx(np.sqrt(2.0), abs=1e-6)
+    perfect = DirectRegressionLoss(rot_norm="frobenius")({"R": batch["R"].clone().requires_grad_(), "t": batch["t"]},
+                                                          batch, {})
+    perfect["loss"].backward()  # finite gradient at zero error
+    with pytest.raises(ValueError, match="rot_norm"):
+        DirectRegressionLoss(rot_norm="l1")
+
+
+def test_pool_grid_keeps_the_layout_for_the_head():
+    torch.manual_seed(0)
+    net = create_model("direct_regression", backbone="resnet10t", pool_grid=2).eval()
+    assert net.head[0].in_features == 4 * net.backbone.num_features + 4  # 2 x 2 cells + 4 box features
+    with torch.no_grad():
+        pred = net(CropInput(size=64)(toy_batch()))
+    assert torch.allclose(torch.det(pred["R"]), torch.ones(3), atol=1e-5)

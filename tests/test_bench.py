@@ -37,4 +37,6 @@ def test_bench_quick_reports_every_section(tmp_path):
     assert all(v > 0 for k, v in opnet["train_step"].items() if k != "batch")
     assert opnet["train_pipeline"]["img_per_s"] > 0
     assert {"eager_ms", "onnx_fp32_ms", "onnx_int8_ms"} <= set(opnet["inference_batch1"])
+    change = opnet["inference_batch1"]["int8_accuracy_change"]
+    assert change["num_samples"] == 8 and 0 <= change["mae_r_deg"] < 90  # one test batch of 8, int8 vs float32
     assert "int8/fp32" in proc.stdout  # the table

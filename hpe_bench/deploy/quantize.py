@@ -20,11 +20,16 @@ __all__ = ["network_input_batches", "quantize_int8", "compare_predictions"]
 
 
 def network_input_batches(crop: nn.Module, loader: Iterable[Mapping[str, Any]], input_names: Sequence[str],
-                          max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """The ONNX inputs ``input_names`` (float32 numpy) of each schema batch of ``loader``, made by ``crop``."""
+                          max_batches: int | None = None, labels: list | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The ONNX inputs ``input_names`` (float32 numpy) of each schema batch of ``loader``, made by ``crop``.
+    With a list ``labels``, each batch's ground-truth rotations are appended to it (``{"R": (B, 3, 3) float64,
+    "has_R": (B,) bool}``), for the accuracy of each graph against the labels."""
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             return
+        if labels is not None:
+            labels.append({"R": torch.as_tensor(batch["R"], dtype=torch.float64),
+                           "has_R": torch.as_tensor(batch["has_R"]).bool()})
         with torch.no_grad():
             inputs = dict(crop(batch))
         if "image_size" in input_names:
@@ -78,17 +83,30 @@ def _rotation(outputs: Mapping[str, np.ndarray], names: Mapping[str, str]) -> to
 
 
 def compare_predictions(fp32: Sequence[Mapping[str, np.ndarray]], int8: Sequence[Mapping[str, np.ndarray]],
-                        names: Mapping[str, str], euler_rule: str = "trg") -> dict[str, float]:
+                        names: Mapping[str, str], euler_rule: str = "trg",
+                        labels: Sequence[Mapping[str, torch.Tensor]] | None = None) -> dict[str, float]:
     """Accuracy change of int8 vs float32 on the same inputs: geodesic angle between their rotations (mean,
     max, degrees), Euler MAE (degrees, ``euler_rule``) and, where the net predicts ``t``, mean translation
-    difference (mm); plus the mean absolute difference of every output."""
-    result: dict[str, float] = {"num_samples": int(sum(len(next(iter(b.values()))) for b in fp32))}
+    difference (mm); plus the mean absolute difference of every output. With ``labels`` (per batch, from
+    ``network_input_batches``), also each graph's own error against the ground truth on the labelled samples:
+    ``fp32_vs_gt`` / ``int8_vs_gt`` (geodesic and Euler MAE, degrees; ``num_labelled``).
+
+    Only graphs whose rotation output is in the camera frame (``R``) are scored against the labels; OpNet's
+    ``R_crop`` needs the decoding of ``hpe_bench.predictor`` first, so its vs-GT figures are left out."""
+    result: dict[str, Any] = {"num_samples": int(sum(len(next(iter(b.values()))) for b in fp32))}
     R32 = [_rotation(b, names) for b in fp32]
     if R32[0] is not None:
         R32, R8 = torch.cat(R32), torch.cat([_rotation(b, names) for b in int8])
         geo = torch.rad2deg(G.geodesic_angle(R8, R32))
         result.update(geodesic_deg=float(geo.mean()), geodesic_max_deg=float(geo.max()),
                       mae_r_deg=float(G.euler_errors(R8, R32, euler_rule).mean()))
+        if labels and "R" in names.values():
+            gt, has = torch.cat([b["R"] for b in labels]), torch.cat([b["has_R"] for b in labels])
+            result["num_labelled"] = int(has.sum())
+            for kind, R in (("fp32", R32), ("int8", R8)):
+                result[f"{kind}_vs_gt"] = {
+                    "geodesic_deg": float(torch.rad2deg(G.geodesic_angle(R[has], gt[has])).mean()),
+                    "mae_r_deg": float(G.euler_errors(R[has], gt[has], euler_rule).mean())}
     t_name = next((n for n, k in names.items() if k == "t"), None)
     if t_name is not None:
         dt = np.concatenate([np.linalg.norm(a[t_name] - b[t_name], axis=-1) for a, b in zip(fp32, int8)])
@@ -114,14 +132,15 @@ def export_int8(fp32_path: str | Path, crop: nn.Module, input_names: Sequence[st
     calib = network_input_batches(crop, datamodule.train_dataloader(), input_names, calib_batches)
     quantize_int8(fp32_path, out, calib)
     datamodule.setup("test")
-    inputs = list(network_input_batches(crop, datamodule.test_dataloader(), input_names, eval_batches))
+    labels: list = []
+    inputs = list(network_input_batches(crop, datamodule.test_dataloader(), input_names, eval_batches, labels))
     runs = {}
     for kind, path in (("fp32", fp32_path), ("int8", out)):
         session = make_session(path, threads=threads)
         onames = [o.name for o in session.get_outputs()]
         runs[kind] = [dict(zip(onames, session.run(None, feed))) for feed in inputs]
     change = compare_predictions(runs["fp32"], runs["int8"], {n: names[n] for n in names if n in runs["fp32"][0]},
-                                 euler_rule)
+                                 euler_rule, labels)
     return {"file": out.name, "quantization": "onnxruntime static QDQ, int8 per-channel weights, uint8 "
             "activations, MinMax calibration", "calibration": {"split": "train", "batches": calib_batches},
             "int8_vs_fp32": change | {"split": "test"}}
