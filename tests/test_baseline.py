@@ -185,11 +185,3 @@ def test_rotation_loss_norms_known_values():
     with pytest.raises(ValueError, match="rot_norm"):
         DirectRegressionLoss(rot_norm="l1")
 
-
-def test_pool_grid_keeps_the_layout_for_the_head():
-    torch.manual_seed(0)
-    net = create_model("direct_regression", backbone="resnet10t", pool_grid=2).eval()
-    assert net.head[0].in_features == 4 * net.backbone.num_features + 4  # 2 x 2 cells + 4 box features
-    with torch.no_grad():
-        pred = net(CropInput(size=64)(toy_batch()))
-    assert torch.allclose(torch.det(pred["R"]), torch.ones(3), atol=1e-5)

@@ -214,3 +214,23 @@ def test_sizes_with_one_sample_chunks(tmp_path, n):
     ds = _dataset(tmp_path, num_samples=n)
     ds.prepare()
     assert len(ds) == n and ds[n - 1]["image"].shape == (SIZE, SIZE, 3)
+
+
+def test_labels_in_memory_equal_per_item_reads(tmp_path, monkeypatch):
+    """Small caches serve labels from memory, large ones per item from HDF5: the same samples either way, and
+    a sample's arrays are copies (a caller writing into one does not change the cache's)."""
+    from hpe_bench.data.synthetic import dataset as synthetic_dataset
+    ds = _dataset(tmp_path, num_samples=6)
+    in_memory = [ds[i] for i in range(6)]
+    assert isinstance(ds._labels["vertices"], np.ndarray)
+    in_memory[0]["R"][:] = 0.0
+    assert np.abs(ds[0]["R"]).sum() > 0
+    monkeypatch.setattr(synthetic_dataset, "LABELS_IN_MEMORY_BYTES", 0)
+    fresh = _dataset(tmp_path, num_samples=6)
+    fresh._file()
+    assert not isinstance(fresh._labels["vertices"], np.ndarray)  # an h5py dataset, read per item
+    for i in range(1, 6):
+        a, b = in_memory[i], fresh[i]
+        assert np.array_equal(a["image"], b["image"])
+        for k in synthetic_dataset.LABELS:
+            assert np.array_equal(a[k], b[k]), k

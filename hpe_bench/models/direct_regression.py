@@ -44,21 +44,16 @@ class DirectRegression(nn.Module):
 
     def __init__(self, backbone: str = "resnet18", pretrained: bool = False, in_chans: int = 3,
                  hidden: int = 256, dropout: float = 0.0, use_bbox_info: bool = True,
-                 rotation_frame: str = "camera", translation: str = "direct", landmarks: bool = False,
-                 pool_grid: int = 1):
+                 rotation_frame: str = "camera", translation: str = "direct", landmarks: bool = False):
         super().__init__()
         if rotation_frame not in ROTATION_FRAMES:
             raise ValueError(f"model.net.rotation_frame must be one of {ROTATION_FRAMES}, got {rotation_frame!r}")
         if translation not in TRANSLATIONS:
             raise ValueError(f"model.net.translation must be one of {TRANSLATIONS}, got {translation!r}")
         self.rotation_frame, self.translation = rotation_frame, translation
-        # pool_grid > 1: average-pool the last feature map onto a g x g grid instead of one global average, so
-        # the head sees where features are (which global pooling discards; landmarks need it)
-        pool = {} if pool_grid == 1 else {"global_pool": ""}
-        self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, **pool)
-        self.pool = nn.Identity() if pool_grid == 1 else nn.Sequential(nn.AdaptiveAvgPool2d(pool_grid), nn.Flatten(1))
+        self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans)
         self.use_bbox_info, self.in_chans = use_bbox_info, int(in_chans)
-        n_in = self.backbone.num_features * pool_grid ** 2 + (4 if use_bbox_info else 0)
+        n_in = self.backbone.num_features + (4 if use_bbox_info else 0)
         self.head = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, 9))
         # Start at the identity rotation, 1 m in front of the camera (direct) or at the box's own estimate
@@ -82,7 +77,7 @@ class DirectRegression(nn.Module):
         return ExportSpec(inputs=inputs, outputs=outputs, in_chans=self.in_chans)
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        feats = self.pool(self.backbone(inputs["image"]))
+        feats = self.backbone(inputs["image"])
         if self.use_bbox_info:
             info = inputs["bbox_info"]
             feats = torch.cat([feats, info, torch.log(info[:, 2:3].clamp_min(1e-6))], -1)
