@@ -64,9 +64,10 @@ def loader_speed(model: str, batch: int, batches: int, workers: int) -> dict:
     return {"batch": batch, "workers": workers, "samples": n, "samples_per_s": n / dt}
 
 
-def pipeline_speed(model: str, batch: int, steps: int, workers: int) -> dict:
+def pipeline_speed(model: str, batch: int, steps: int, workers: int, fast: bool = False) -> dict:
     """Full-pipeline training img/s: Lightning fit (loader, on-device augmentation, crop, net, loss, optimizer),
-    timed from the end of the first step to the end of the last (start-up excluded)."""
+    timed from the end of the first step to the end of the last (start-up excluded). ``fast``: with the speed
+    switches (``trainer=fast`` precision, channels_last, fused optimizer)."""
     import lightning as L
     from hydra.utils import instantiate
 
@@ -79,21 +80,25 @@ def pipeline_speed(model: str, batch: int, steps: int, workers: int) -> dict:
         def on_train_batch_end(self, *args, **kwargs):
             self.t.append(time.perf_counter())
 
+    switches = ["model.channels_last=true", "+model.optimizer.fused=true"] if fast else []
     cfg = compose_config([f"model={model}", "logger=none", f"data.num_workers={workers}", f"data.batch_size={batch}",
                           f"data.train.num_samples={batch * steps}", "data.val.num_samples=1",
-                          "data.test.num_samples=1"])
+                          "data.test.num_samples=1", *switches])
     module = instantiate(cfg.model, loss=instantiate(cfg.loss),
                          augment=instantiate(cfg.augment) if cfg.get("augment") else None, euler_rule="trg")
+    from hpe_bench.hardware import fast_precision
+    precision = fast_precision("cpu") if fast else "32-true"
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+        trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=steps, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                             callbacks=[clock], default_root_dir=tmp)
         trainer.fit(module, datamodule=instantiate(cfg.data))
     dt = clock.t[-1] - clock.t[0]
     n = batch * (len(clock.t) - 1)
-    return {"batch": batch, "steps": len(clock.t), "img_per_s": n / dt if n else float("nan")}
+    return {"batch": batch, "steps": len(clock.t), "precision": precision, "switches": switches,
+            "img_per_s": n / dt if n else float("nan")}
 
 
 def inference_latency(model: str, runs: int, repeats: int, calib_batches: int, threads: int,
@@ -188,6 +193,7 @@ def main(argv=None) -> dict:
         out["models"][m] = {
             "train_step": {v: r["img_per_s"] for v, r in step["variants"].items()} | {"batch": step["batch"]},
             "train_pipeline": pipeline_speed(m, 4 if q else 32, 2 if q else 6, 0 if q else 2),
+            "train_pipeline_fast": pipeline_speed(m, 4 if q else 32, 2 if q else 6, 0 if q else 2, fast=True),
             "inference_batch1": inference_latency(m, 5 if q else 100, 1 if q else 3, 1 if q else 4, args.threads,
                                                   trained.get(m), 1 if q else 4),
         }
@@ -202,12 +208,12 @@ def main(argv=None) -> dict:
     print(f"synthetic generation {out['synthetic']['images_per_s']:.1f} img/s; loader "
           f"{out['loader']['samples_per_s']:.1f} samples/s")
     print(f"{'model':<10}" + "".join(f"{'step ' + v:>13}" for v in variants)
-          + f"{'pipeline':>10}{'eager ms':>10}{'onnx ms':>9}{'int8 ms':>9}{'int8/fp32':>10}{'int8 geo':>9}"
+          + f"{'pipeline':>10}{'fast':>7}{'eager ms':>10}{'onnx ms':>9}{'int8 ms':>9}{'int8/fp32':>10}{'int8 geo':>9}"
           "   (img/s, ms; int8 geo: deg between int8 and fp32 rotations, synthetic test)")
     for m, r in out["models"].items():
         s, i = r["train_step"], r["inference_batch1"]
         print(f"{m:<10}" + "".join(f"{s[v]:>13.1f}" for v in variants)
-              + f"{r['train_pipeline']['img_per_s']:>10.1f}{i['eager_ms']:>10.2f}{i['onnx_fp32_ms']:>9.2f}"
+              + f"{r['train_pipeline']['img_per_s']:>10.1f}{r['train_pipeline_fast']['img_per_s']:>7.1f}{i['eager_ms']:>10.2f}{i['onnx_fp32_ms']:>9.2f}"
               f"{i['onnx_int8_ms']:>9.2f}{i['int8_vs_fp32']:>10.2f}"
               f"{i['int8_accuracy_change'].get('geodesic_deg', float('nan')):>9.3f}")
     if args.json:

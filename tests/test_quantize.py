@@ -29,3 +29,42 @@ def test_int8_vs_fp32_and_each_vs_ground_truth():
     assert out["t_diff_mm"] == pytest.approx(math.sqrt(3) * 1.0, rel=1e-4)
     no_labels = compare_predictions(fp32, int8, {"R": "R"}, "trg")
     assert "fp32_vs_gt" not in no_labels and no_labels["geodesic_deg"] == pytest.approx(2.0, abs=1e-3)
+
+
+class _Geo(torch.nn.Module):
+    """image -> conv -> (a) pooled + geometry -> linear; (b) sampled at geometric points -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Linear(5, 2)
+        self.point = torch.nn.Linear(4, 2)
+
+    def forward(self, image, K):
+        f = torch.relu(self.conv(image))
+        pooled = f.mean((2, 3))
+        g = K[:, 0, 0:1] * 0.01
+        out = self.head(torch.cat([pooled, g], 1))
+        grid = (K[:, :2, 2] * 0.001).view(-1, 1, 1, 2)
+        sampled = torch.nn.functional.grid_sample(f, grid, align_corners=True).flatten(1)
+        return out, self.point(sampled)
+
+
+def test_geometry_nodes_keep_what_reads_geometry_in_float32(tmp_path):
+    """Nodes computed from the image alone are quantisable; anything reading K (the head after the concat, the
+    grid's arithmetic, the sampler) is excluded; a layer on features sampled at geometric points is not."""
+    from hpe_bench.deploy.quantize import geometry_nodes
+    path = tmp_path / "geo.onnx"
+    torch.onnx.export(_Geo(), (torch.rand(2, 3, 8, 8), torch.eye(3).expand(2, 3, 3)), str(path),
+                      input_names=["image", "K"], output_names=["out", "pt"], opset_version=17, dynamo=False)
+    import onnx
+    nodes = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
+    excluded = set(geometry_nodes(path))
+    ops_excluded = [nodes[n] for n in excluded]
+    assert "Conv" not in ops_excluded and "Relu" not in ops_excluded
+    assert "Concat" in ops_excluded and "GridSample" in ops_excluded
+    gemms = {n for n, op in nodes.items() if op in ("Gemm", "MatMul")}
+    head = {n for n in gemms if "head" in n}
+    point = {n for n in gemms if "point" in n}
+    assert head and head <= excluded          # reads the concatenated geometry
+    assert point and not (point & excluded)   # reads image features, only sampled at geometric points

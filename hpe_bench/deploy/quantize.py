@@ -18,6 +18,14 @@ from ..outputs import atomic_path
 
 __all__ = ["network_input_batches", "quantize_int8", "compare_predictions"]
 
+# What runs in int8: every node computed from the image alone (the CNN trunk: convolutions with their
+# activations, pooling and additions, so ONNX Runtime keeps whole int8 chains). Nodes that read a geometry input
+# (K, box, bbox_info, A, ...) directly or through earlier nodes stay float32: they mix values of very different
+# ranges on one 8-bit scale (focal-length ratios of ~0.05 next to pooled features or pixel coordinates) -- the
+# trained demo model lost 20 degrees when its head and geometry were quantised with its trunk, and lost nothing
+# with them in float32 (docs/performance.md).
+IMAGE_INPUT = "image"
+
 
 def network_input_batches(crop: nn.Module, loader: Iterable[Mapping[str, Any]], input_names: Sequence[str],
                           max_batches: int | None = None, labels: list | None = None) -> Iterator[dict[str, np.ndarray]]:
@@ -41,8 +49,8 @@ def network_input_batches(crop: nn.Module, loader: Iterable[Mapping[str, Any]], 
 def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: Iterable[Mapping[str, np.ndarray]],
                   per_channel: bool = True) -> Path:
     """Static int8 quantisation of ``fp32_path`` into ``out`` (atomic), calibrated on the input batches
-    ``calibration`` (min/max of the activations). Convolutions and matrix products are quantised; ops without
-    an int8 kernel (GridSample, LayerNorm, ...) stay float32 between QDQ pairs."""
+    ``calibration`` (min/max of the activations). The image-only part of the graph is quantised; the nodes of
+    ``geometry_nodes`` stay float32."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -69,9 +77,32 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: Iterable[
             src = Path(fp32_path)
         quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=geometry_nodes(src),
+                        extra_options={"MatMulConstBOnly": True})
         prepared.unlink(missing_ok=True)
     return out
+
+
+def geometry_nodes(path: str | Path, image_input: str = IMAGE_INPUT) -> list[str]:
+    """Names of the nodes of the ONNX graph at ``path`` that depend on a graph input other than ``image_input``
+    (directly or through earlier nodes): the part ``quantize_int8`` keeps in float32. A ``GridSample`` whose
+    sampling grid alone is geometric is kept float32 but its output counts as image-derived (TRG's features
+    sampled at projected landmarks). Unnamed nodes cannot be excluded by name and are left to the quantiser
+    (torch's exporter names every node)."""
+    import onnx
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    tainted = {i.name for i in graph.input if i.name != image_input and i.name not in initializers}
+    excluded = []
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if any(name in tainted for name in node.input):
+            if node.name:
+                excluded.append(node.name)
+            # GridSample reads its data at positions the geometry gives: its output has the data's range, so
+            # what follows it is image-derived unless the data itself was not (the sampler stays float32)
+            if node.op_type != "GridSample" or node.input[0] in tainted:
+                tainted.update(node.output)
+    return excluded
 
 
 def _rotation(outputs: Mapping[str, np.ndarray], names: Mapping[str, str]) -> torch.Tensor | None:
