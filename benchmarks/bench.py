@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
     variants = ["fp32", "cl"] + (["bf16_cl"] if cpu_has_native_bf16() else []) + ([] if q else ["fused"])
     t_start = time.perf_counter()
     out = {"machine": bench_train.machine() | {"threads": args.threads}, "quick": q,
-           "synthetic": synthetic_speed(8 if q else 200, 256, 2),
+           "synthetic": synthetic_speed(8 if q else 1000, 256, 2),
            "loader": loader_speed(models[0], 8 if q else 32, 2 if q else 8, 0 if q else 2),
            "models": {}}
     for m in models:
