@@ -33,6 +33,11 @@ CONFIGS = {
     # TRG at a 64 px crop (maps 4/8/16 instead of 12/24/48): the same graph, 9x fewer pixels.
     "trg": {"net": {"_target_": "hpe_bench.models.trg.TRG", "iterations": 3, "pretrained": False},
             "crop": {"_target_": "hpe_bench.models.crop.CropInput", "size": 64, "box_scale": 1.2}},
+    # the demo's network: ray-frame rotation, box-correction translation, landmark head (geometry in the graph)
+    "direct_regression_demo": {"net": {"_target_": "hpe_bench.models.direct_regression.DirectRegression",
+                                       "backbone": "resnet10t", "rotation_frame": "ray", "translation": "correction",
+                                       "landmarks": True},
+                               "crop": {"_target_": "hpe_bench.models.crop.CropInput", "size": 64, "box_scale": 1.2}},
 }
 
 
@@ -92,6 +97,9 @@ def test_exported_names_and_sidecar(exported):
         pre = sidecar["preprocessing"]
         assert (pre["crop_size"], pre["channels"], pre["box_scale"]) == (129, 1, 1.1)
         assert pre["mean"] == [0.5] and pre["std"] == pytest.approx([256 / 255])
+    elif name.startswith("direct_regression"):
+        assert names == ["image", "bbox_info", "box", "K", "A"]
+        assert [o.name for o in session.get_outputs()] == ["R", "t", "landmarks_2d"]
     else:
         assert names == ["image", "box", "K", "K_crop", "A", "bbox_info"]
         assert [o.name for o in session.get_outputs()] == ["R", "t", "vertices", "landmarks_2d"]

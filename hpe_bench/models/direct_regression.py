@@ -56,9 +56,9 @@ class DirectRegression(nn.Module):
         n_in = self.backbone.num_features + (4 if use_bbox_info else 0)
         self.head = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(hidden, 9))
+        self.landmark_head = nn.Linear(n_in, 2 * NUM_LANDMARKS) if landmarks else None
         # Start at the identity rotation, 1 m in front of the camera (direct) or at the box's own estimate
         # (correction s = 1, no offset), so early losses are sane.
-        self.landmark_head = nn.Linear(n_in, 2 * NUM_LANDMARKS) if landmarks else None
         last = self.head[-1]
         nn.init.normal_(last.weight, std=1e-3)
         with torch.no_grad():
