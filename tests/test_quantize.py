@@ -68,3 +68,15 @@ def test_geometry_nodes_keep_what_reads_geometry_in_float32(tmp_path):
     point = {n for n in gemms if "point" in n}
     assert head and head <= excluded          # reads the concatenated geometry
     assert point and not (point & excluded)   # reads image features, only sampled at geometric points
+
+
+def test_float_nodes_add_ops_without_int8_kernels(tmp_path):
+    """A deconvolution on image features is image-only, but ONNX Runtime has no int8 CPU kernel for it: float32."""
+    from hpe_bench.deploy.quantize import float_nodes, geometry_nodes
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.ConvTranspose2d(4, 2, 2, stride=2))
+    path = tmp_path / "deconv.onnx"
+    torch.onnx.export(net, (torch.rand(1, 3, 8, 8),), str(path), input_names=["image"], opset_version=17, dynamo=False)
+    import onnx
+    ops = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
+    assert geometry_nodes(path) == []
+    assert [ops[n] for n in float_nodes(path)] == ["ConvTranspose"]
