@@ -80,3 +80,14 @@ def test_float_nodes_add_ops_without_int8_kernels(tmp_path):
     ops = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
     assert geometry_nodes(path) == []
     assert [ops[n] for n in float_nodes(path)] == ["ConvTranspose"]
+
+
+def test_calibration_batches_without_rotation_labels_give_no_label_records():
+    """Unlabelled calibration/evaluation data (no R) still yields the network inputs; no vs-GT record is kept."""
+    from hpe_bench.deploy.quantize import network_input_batches
+    from hpe_bench.models.crop import CropInput
+    batch = {"image": torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "box": torch.tensor([[4.0, 4, 28, 28]] * 2),
+             "has_K": torch.tensor([False, False])}
+    labels: list = []
+    out = list(network_input_batches(CropInput(size=16), [batch], ["image", "bbox_info"], labels=labels))
+    assert len(out) == 1 and out[0]["image"].shape == (2, 3, 16, 16) and labels == []

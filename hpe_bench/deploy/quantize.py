@@ -38,7 +38,7 @@ def network_input_batches(crop: nn.Module, loader: Iterable[Mapping[str, Any]], 
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             return
-        if labels is not None:
+        if labels is not None and "R" in batch and "has_R" in batch:  # unlabelled data: no vs-GT figures
             labels.append({"R": torch.as_tensor(batch["R"], dtype=torch.float64),
                            "has_R": torch.as_tensor(batch["has_R"]).bool()})
         with torch.no_grad():
@@ -53,7 +53,7 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: Iterable[
                   per_channel: bool = True) -> Path:
     """Static int8 quantisation of ``fp32_path`` into ``out`` (atomic), calibrated on the input batches
     ``calibration`` (min/max of the activations). The image-only part of the graph is quantised; the nodes of
-    ``geometry_nodes`` stay float32."""
+    ``float_nodes`` (geometry, ops without an int8 CPU kernel) stay float32."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -86,14 +86,13 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: Iterable[
     return out
 
 
-def geometry_nodes(path: str | Path, image_input: str = IMAGE_INPUT) -> list[str]:
-    """Names of the nodes of the ONNX graph at ``path`` that depend on a graph input other than ``image_input``
+def geometry_nodes(path, image_input: str = IMAGE_INPUT) -> list[str]:
+    """Names of the nodes of the ONNX graph at ``path`` (a file or a loaded ``GraphProto``) that depend on a graph input other than ``image_input``
     (directly or through earlier nodes): the part ``quantize_int8`` keeps in float32. A ``GridSample`` whose
     sampling grid alone is geometric is kept float32 but its output counts as image-derived (TRG's features
     sampled at projected landmarks). Unnamed nodes cannot be excluded by name and are left to the quantiser
     (torch's exporter names every node)."""
-    import onnx
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = _graph(path)
     initializers = {t.name for t in graph.initializer}
     tainted = {i.name for i in graph.input if i.name != image_input and i.name not in initializers}
     excluded = []
@@ -110,10 +109,17 @@ def geometry_nodes(path: str | Path, image_input: str = IMAGE_INPUT) -> list[str
 
 def float_nodes(path: str | Path) -> list[str]:
     """The nodes ``quantize_int8`` leaves in float32: ``geometry_nodes`` and the ``FLOAT_OPS`` nodes."""
-    import onnx
-    graph = onnx.load(str(path), load_external_data=False).graph
+    graph = _graph(path)
     no_kernel = [n.name for n in graph.node if n.op_type in FLOAT_OPS and n.name]
-    return sorted(set(geometry_nodes(path)) | set(no_kernel))
+    return sorted(set(geometry_nodes(graph)) | set(no_kernel))
+
+
+def _graph(source):
+    """The ``GraphProto`` of an ONNX file (or ``source`` itself when it already is one)."""
+    import onnx
+    if isinstance(source, onnx.GraphProto):
+        return source
+    return onnx.load(str(source), load_external_data=False).graph
 
 
 def _rotation(outputs: Mapping[str, np.ndarray], names: Mapping[str, str]) -> torch.Tensor | None:

@@ -5,8 +5,8 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from .. import geometry as G
 from .masking import masked_mean
+from .trg import landmark_l1
 
 
 class DirectRegressionLoss(nn.Module):
@@ -33,10 +33,7 @@ class DirectRegressionLoss(nn.Module):
         trans = masked_mean((pred["t"] - batch["t"]).abs().sum(-1), batch["has_t"])
         terms = {"rot": self.w_rot * rot, "trans": self.w_trans * trans}
         if self.w_landmarks and "heatmap_landmarks" in pred:
-            lm = pred["heatmap_landmarks"]
-            S = int(inputs["image"].shape[-1])
-            gt = G.crop_to_normalized(G.apply_transform_2d(inputs["A"].to(lm), batch["landmarks_2d"].to(lm)), S)
-            per_sample = (lm - gt).abs().sum(-1).mean(-1)
+            per_sample = landmark_l1(pred["heatmap_landmarks"], batch, inputs)
             terms["landmarks"] = self.w_landmarks * masked_mean(per_sample, batch["has_landmarks_2d"])
         terms["loss"] = sum(terms.values())
         return terms

@@ -66,6 +66,15 @@ def _l1_per_point(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).abs().sum(-1).mean(-1)
 
 
+def landmark_l1(lm: Tensor, batch: Mapping[str, Any], inputs: Mapping[str, Tensor]) -> Tensor:
+    """Per-sample landmark error ``(B,)`` of ``lm (B, 68, 2)`` in the crop's normalised ``[-1, 1]`` frame
+    (paper Eq. 6): GT = ``crop_to_normalized(apply_transform_2d(A, landmarks_2d), S)``, S the crop side.
+    Shared with the direct-regression baseline's auxiliary landmark term."""
+    S = int(inputs["image"].shape[-1])
+    gt = G.crop_to_normalized(G.apply_transform_2d(inputs["A"].to(lm), batch["landmarks_2d"].to(lm)), S)
+    return _l1_per_point(lm, gt)
+
+
 # -- term pieces shared with the authors'-code recipe (losses/trg_code.py) ---------------------------------
 def vertex_labels(batch: Mapping[str, Any], n: int, like: Tensor, topology: str = ARKIT_TOPOLOGY
                   ) -> tuple[Tensor, Tensor]:
@@ -160,10 +169,7 @@ class TRGLoss(nn.Module):
         if w["ed"] != 0 and geometry:
             raw["ed"] = masked_mean(edge_length_error(final, V_gt, self.edges).mean(-1), has_v)
         if w["landmarks"] != 0 and "heatmap_landmarks" in pred:
-            lm = pred["heatmap_landmarks"]
-            S = int(inputs["image"].shape[-1])
-            lm_gt = G.crop_to_normalized(G.apply_transform_2d(inputs["A"].to(lm), batch["landmarks_2d"].to(lm)), S)
-            raw["landmarks"] = masked_mean(_l1_per_point(lm, lm_gt), has["landmarks_2d"])
+            raw["landmarks"] = masked_mean(landmark_l1(pred["heatmap_landmarks"], batch, inputs), has["landmarks_2d"])
 
         terms = {k: w[k] * raw[k] for k in TERMS}
         terms["loss"] = sum(terms.values())
