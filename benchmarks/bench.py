@@ -113,7 +113,8 @@ def inference_latency(model: str, runs: int, repeats: int, calib_batches: int, t
     from hpe_bench.deploy.quantize import compare_predictions, network_input_batches, quantize_int8
     from hpe_bench.deploy.runtime import make_session
     from hpe_bench.deploy.wrappers import example_inputs, export_spec
-    from hpe_bench.export import build_model, compose_config, export_onnx, load_net_weights, load_run_config
+    from hpe_bench.export import (build_model, compose_config, export_onnx, export_quantizable, load_net_weights,
+                                  load_run_config)
     sizes = {"data.num_workers": 0, "data.batch_size": 8, "data.train.num_samples": 8 * calib_batches,
              "data.val.num_samples": 1, "data.test.num_samples": 8 * eval_batches}
     if run_dir:
@@ -139,7 +140,10 @@ def inference_latency(model: str, runs: int, repeats: int, calib_batches: int, t
         dm = instantiate(cfg.data)
         dm.prepare_data()
         dm.setup("fit")
-        int8 = quantize_int8(fp32, fp32.with_suffix(".int8.onnx"),
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source, rewrites = export_quantizable(net, crop, pathlib.Path(tmp) / "int8_source.onnx", batch_size=1)
+        int8 = quantize_int8(source, fp32.with_suffix(".int8.onnx"),
                              network_input_batches(crop, dm.train_dataloader(), names, calib_batches))
         s32, s8 = make_session(fp32, threads=threads), make_session(int8, threads=threads)
 
@@ -162,6 +166,7 @@ def inference_latency(model: str, runs: int, repeats: int, calib_batches: int, t
     row = {f"{k}_ms": float(np.median(v)) for k, v in samples.items()}
     row["int8_vs_fp32"] = row["onnx_int8_ms"] / row["onnx_fp32_ms"]
     row["weights"] = str(run_dir) if run_dir else "untrained (seed 0)"
+    row["int8_graph_rewrites"] = rewrites
     row["int8_accuracy_change"] = {k: v for k, v in change.items() if not k.startswith("mean_abs_diff/")}
     return row
 

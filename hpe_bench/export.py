@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -179,6 +180,19 @@ def check_against_torch(path: Path, input_names: Sequence[str], output_names: Se
     return {"batch_size": int(next(iter(example.values())).shape[0]), "max_abs_diff": diffs}
 
 
+def export_quantizable(net: nn.Module, crop: nn.Module, out: str | Path, **export_kw) -> tuple[Path, list[str]]:
+    """The float32 graph int8 quantisation starts from, written to ``out``: ``net`` with its transposed
+    convolutions as sub-pixel convolutions (``deploy.subpixel``: the same numbers, but ONNX Runtime has int8
+    kernels for ``Conv`` and none for ``ConvTranspose``). Returns ``(out, rewrites)``, ``rewrites`` saying
+    what was changed (empty: the graph is ``net`` as is)."""
+    from .deploy.subpixel import subpixel_deconvs
+    deploy_net, count = subpixel_deconvs(net)
+    export_onnx(deploy_net, crop, out, check=False, **export_kw)
+    Path(out).with_suffix(".json").unlink(missing_ok=True)  # the int8 model's sidecar is the float32 one's
+    rewrites = [f"{count} ConvTranspose2d -> Conv2d + pixel_shuffle (deploy.subpixel, BatchNorm folded)"] if count else []
+    return Path(out), rewrites
+
+
 def int8_model(net: nn.Module, crop: nn.Module, out: Path, sidecar: dict[str, Any], opts: dict[str, str],
                cfg: DictConfig) -> dict[str, Any]:
     """The int8 model beside ``out`` (``deploy.quantize``), calibrated on ``calib=<data option>`` (default
@@ -190,9 +204,14 @@ def int8_model(net: nn.Module, crop: nn.Module, out: Path, sidecar: dict[str, An
                               + ([f"data.train.num_samples={16 * nc}", f"data.val.num_samples=16",
                                   f"data.test.num_samples={16 * ne}"] if calib == "synthetic" else [])).data
     names = {o["name"]: o["net_key"] for o in sidecar["outputs"]}
-    record = export_int8(out, crop, [i["name"] for i in sidecar["inputs"]], names, instantiate(data_cfg), nc, ne,
-                         euler_rule=str(data_cfg.get("euler_rule", "trg")))
-    return record | {"calibration": record["calibration"] | {"data": calib}}
+    dynamic = sidecar["inputs"][0]["shape"][0] == "N"
+    with tempfile.TemporaryDirectory() as tmp:
+        source, rewrites = export_quantizable(
+            net, crop, Path(tmp) / out.name, opset=sidecar["onnx"]["opset"], outputs=list(names),
+            batch_size=2 if dynamic else int(sidecar["inputs"][0]["shape"][0]), dynamic_batch=dynamic)
+        record = export_int8(out, crop, [i["name"] for i in sidecar["inputs"]], names, instantiate(data_cfg), nc, ne,
+                             euler_rule=str(data_cfg.get("euler_rule", "trg")), source=source)
+    return record | {"calibration": record["calibration"] | {"data": calib}, "graph_rewrites": rewrites}
 
 
 # -- CLI -------------------------------------------------------------------------------------------------

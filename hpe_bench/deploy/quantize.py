@@ -27,6 +27,8 @@ __all__ = ["network_input_batches", "quantize_int8", "compare_predictions"]
 IMAGE_INPUT = "image"
 # Ops ONNX Runtime's CPU provider has no int8 kernel for: quantising them only adds Q/DQ conversions around a
 # float32 kernel (TRG's deconvolutions: ConvTranspose was 38 % of its int8 graph's time, DequantizeLinear 9 %).
+# ``export.export_quantizable`` rewrites the usual deconvolutions as convolutions first (deploy.subpixel), so
+# this only catches those without an exact sub-pixel form.
 FLOAT_OPS = ("ConvTranspose",)
 
 
@@ -167,10 +169,11 @@ def compare_predictions(fp32: Sequence[Mapping[str, np.ndarray]], int8: Sequence
 
 def export_int8(fp32_path: str | Path, crop: nn.Module, input_names: Sequence[str], names: Mapping[str, str],
                 datamodule, calib_batches: int, eval_batches: int, euler_rule: str = "trg",
-                threads: int = 2) -> dict[str, Any]:
-    """``<model>.int8.onnx`` beside ``fp32_path``: calibrated on ``calib_batches`` batches of the datamodule's
-    train split, compared with float32 on ``eval_batches`` batches of its test split. Returns the record the
-    sidecar stores under ``int8``."""
+                threads: int = 2, source: str | Path | None = None) -> dict[str, Any]:
+    """``<model>.int8.onnx`` beside ``fp32_path``: quantised from ``source`` (the same network as an ONNX graph
+    made for quantising, ``export.export_quantizable``; default ``fp32_path`` itself), calibrated on
+    ``calib_batches`` batches of the datamodule's train split, compared with the float32 graph ``fp32_path`` on
+    ``eval_batches`` batches of its test split. Returns the record the sidecar stores under ``int8``."""
     from .runtime import make_session
 
     fp32_path = Path(fp32_path)
@@ -178,7 +181,7 @@ def export_int8(fp32_path: str | Path, crop: nn.Module, input_names: Sequence[st
     datamodule.prepare_data()
     datamodule.setup("fit")
     calib = network_input_batches(crop, datamodule.train_dataloader(), input_names, calib_batches)
-    quantize_int8(fp32_path, out, calib)
+    quantize_int8(source or fp32_path, out, calib)
     datamodule.setup("test")
     labels: list = []
     inputs = list(network_input_batches(crop, datamodule.test_dataloader(), input_names, eval_batches, labels))
