@@ -7,7 +7,8 @@
 
 Sections: synthetic generation (images/s), loader throughput (samples/s through the datamodule's DataLoader),
 train img/s per model as a pure step (``bench_train``: fp32, channels_last, fused Adam and, on CPUs with
-native bfloat16, bf16 + channels_last; interleaved, medians) and
+native bfloat16, bf16 + channels_last and "all" = bf16 + channels_last + fused + float32 strided depthwise
+convolutions; interleaved, medians) and
 as the full pipeline (Lightning ``Trainer.fit`` over the loader, augmentation and crop included), and batch-1
 inference latency per model: PyTorch eager, ONNX Runtime float32 and int8 (static quantisation calibrated on
 synthetic crops, ``hpe_bench.deploy.quantize``), interleaved, medians.
@@ -67,7 +68,7 @@ def loader_speed(model: str, batch: int, batches: int, workers: int) -> dict:
 def pipeline_speed(model: str, batch: int, steps: int, workers: int, fast: bool = False) -> dict:
     """Full-pipeline training img/s: Lightning fit (loader, on-device augmentation, crop, net, loss, optimizer),
     timed from the end of the first step to the end of the last (start-up excluded). ``fast``: with the speed
-    switches (``trainer=fast`` precision, channels_last, fused optimizer)."""
+    switches (``trainer=fast`` precision, channels_last, fused optimizer, float32 strided depthwise convs)."""
     import lightning as L
     from hydra.utils import instantiate
 
@@ -80,7 +81,8 @@ def pipeline_speed(model: str, batch: int, steps: int, workers: int, fast: bool 
         def on_train_batch_end(self, *args, **kwargs):
             self.t.append(time.perf_counter())
 
-    switches = ["model.channels_last=true", "+model.optimizer.fused=true"] if fast else []
+    switches = ["model.channels_last=true", "+model.optimizer.fused=true",
+                "model.fp32_strided_depthwise=true"] if fast else []
     cfg = compose_config([f"model={model}", "logger=none", f"data.num_workers={workers}", f"data.batch_size={batch}",
                           f"data.train.num_samples={batch * steps}", "data.val.num_samples=1",
                           "data.test.num_samples=1", *switches])
@@ -187,7 +189,9 @@ def main(argv=None) -> dict:
     load0 = os.getloadavg()[0]
     from hpe_bench.hardware import cpu_has_native_bf16
     # bf16 only where the CPU has it: emulated bfloat16 convolutions are many times slower (docs/performance.md)
-    variants = ["fp32", "cl"] + (["bf16_cl"] if cpu_has_native_bf16() else []) + ([] if q else ["fused"])
+    native_bf16 = cpu_has_native_bf16()
+    variants = (["fp32", "cl"] + (["bf16_cl"] if native_bf16 else []) + ([] if q else ["fused"])
+                + (["bf16+cl+fused+dw32"] if native_bf16 and not q else []))  # "all": every switch at once
     t_start = time.perf_counter()
     out = {"machine": bench_train.machine() | {"threads": args.threads}, "quick": q,
            "synthetic": synthetic_speed(8 if q else 1000, 256, 2),
@@ -212,7 +216,8 @@ def main(argv=None) -> dict:
           f"{mc['load_avg_1min_before']} -> {mc['load_avg_1min_after']}, {out['wall_s']:.0f} s")
     print(f"synthetic generation {out['synthetic']['images_per_s']:.1f} img/s; loader "
           f"{out['loader']['samples_per_s']:.1f} samples/s")
-    print(f"{'model':<10}" + "".join(f"{'step ' + v:>13}" for v in variants)
+    label = {"bf16+cl+fused+dw32": "all"}
+    print(f"{'model':<10}" + "".join(f"{'step ' + label.get(v, v):>13}" for v in variants)
           + f"{'pipeline':>10}{'fast':>7}{'eager ms':>10}{'onnx ms':>9}{'int8 ms':>9}{'int8/fp32':>10}{'int8 geo':>9}"
           "   (img/s, ms; int8 geo: deg between int8 and fp32 rotations, synthetic test)")
     for m, r in out["models"].items():

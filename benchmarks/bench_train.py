@@ -14,6 +14,7 @@ step on one fixed synthetic batch, with its own copy of the same initial weights
   fused     +model.optimizer.fused=true (fused Adam kernel; the default runs one kernel per parameter on CPU)
   foreach   model.optimizer.foreach=true
   compile   model.compile=true (torch.compile; the first steps compile and are excluded as warm-up)
+  dw32      model.fp32_strided_depthwise=true (strided depthwise convolutions in float32 under autocast)
 Variants combine with "+": ``bf16+cl+fused`` is all three. ``--overrides`` adds Hydra overrides to every model's
 config (``--overrides "model.net.backbone=resnet10t model.crop.size=64"``).
 """
@@ -35,14 +36,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-VARIANTS = {  # name -> (autocast, channels_last, optimizer kwargs, compile)
-    "fp32": (False, False, {}, False),
-    "bf16": (True, False, {}, False),
-    "cl": (False, True, {}, False),
-    "bf16_cl": (True, True, {}, False),
-    "fused": (False, False, {"fused": True}, False),
-    "foreach": (False, False, {"foreach": True}, False),
-    "compile": (False, False, {}, True),
+VARIANTS = {  # name -> (autocast, channels_last, optimizer kwargs, compile, HeadPoseModule kwargs)
+    "fp32": (False, False, {}, False, {}),
+    "bf16": (True, False, {}, False, {}),
+    "cl": (False, True, {}, False, {}),
+    "bf16_cl": (True, True, {}, False, {}),
+    "fused": (False, False, {"fused": True}, False, {}),
+    "foreach": (False, False, {"foreach": True}, False, {}),
+    "compile": (False, False, {}, True, {}),
+    "dw32": (False, False, {}, False, {"fp32_strided_depthwise": True}),
 }
 MODEL_OVERRIDES = {"opnet": ["model=opnet"], "trg": ["model=trg"], "direct_regression": ["model=direct_regression"]}
 
@@ -62,15 +64,16 @@ def machine() -> dict:
             "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
-def variant_parts(name: str) -> tuple[bool, bool, dict, bool]:
-    """``(autocast, channels_last, optimizer kwargs, compile)`` of a variant name or a "+" combination."""
+def variant_parts(name: str) -> tuple[bool, bool, dict, bool, dict]:
+    """``(autocast, channels_last, optimizer kwargs, compile, module kwargs)`` of a variant name or a "+"
+    combination."""
     parts = name.split("+")
     unknown = [p for p in parts if p not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)} (combine with '+')")
     specs = [VARIANTS[p] for p in parts]
     return (any(s[0] for s in specs), any(s[1] for s in specs), {k: v for s in specs for k, v in s[2].items()},
-            any(s[3] for s in specs))
+            any(s[3] for s in specs), {k: v for s in specs for k, v in s[4].items()})
 
 
 def fixed_batch(model: str, batch_size: int, image_size: int = 256, overrides: tuple[str, ...] = ()) -> tuple[dict, object]:
@@ -89,9 +92,9 @@ def fixed_batch(model: str, batch_size: int, image_size: int = 256, overrides: t
 def build_variant(cfg, name: str, state: dict | None, device: str):
     """(module, optimizer, autocast flag) for one variant, starting from ``state`` (shared initial weights)."""
     from hydra.utils import instantiate
-    autocast, channels_last, opt_kwargs, compile_ = variant_parts(name)
+    autocast, channels_last, opt_kwargs, compile_, module_kwargs = variant_parts(name)
     module = instantiate(cfg.model, loss=instantiate(cfg.loss), augment=instantiate(cfg.augment) if cfg.get("augment")
-                         else None, euler_rule="trg", channels_last=channels_last, compile=compile_)
+                         else None, euler_rule="trg", channels_last=channels_last, compile=compile_, **module_kwargs)
     if state is not None:
         module.load_state_dict(state)
     module.to(device).train()

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from . import geometry as G
 from .hardware import cpu_has_native_bf16
 from .metrics import METRICS, build_metrics, compute_flat, per_sample_errors
+from .models.mixed_precision import float32_strided_depthwise
 from .outputs import prediction_columns
 from .schedules import global_batch_size, max_steps_for_samples
 
@@ -57,6 +58,9 @@ class HeadPoseModule(L.LightningModule):
             (faster convolutions with oneDNN on CPU and with tensor cores under autocast; docs/performance.md).
         compile: ``torch.compile`` the net in place (``nn.Module.compile``: the state-dict keys, checkpoints
             and ONNX export are unchanged) when fitting; ``True`` or a dict of ``torch.compile`` arguments.
+        fp32_strided_depthwise: under mixed precision, run the net's strided depthwise convolutions in float32
+            (``models.mixed_precision``: oneDNN's bfloat16 kernels for them are the slow ones on CPU; OpNet's
+            MobileNet). No effect in float32; parameter names unchanged.
 
     Under mixed precision (``trainer.precision=bf16-mixed`` / ``16-mixed``) only the net runs in autocast: its
     predictions are cast to float32 and the loss, metrics and label geometry run outside autocast (the OpNet
@@ -71,7 +75,8 @@ class HeadPoseModule(L.LightningModule):
                  augment: nn.Module | None = None, euler_rule: str | None = None,
                  grad_clip_max_norm: float | None = None, grad_clip_norm_type: float | str = 2.0,
                  callbacks: list | None = None, total_samples: int | None = None,
-                 channels_last: bool = False, compile: bool | Mapping[str, Any] = False):
+                 channels_last: bool = False, compile: bool | Mapping[str, Any] = False,
+                 fp32_strided_depthwise: bool = False):
         super().__init__()
         self.channels_last = bool(channels_last)
         self.compile_options = (dict(compile) if isinstance(compile, Mapping) else {}) if compile else None
@@ -82,6 +87,8 @@ class HeadPoseModule(L.LightningModule):
         self.net, self.crop, self.loss_fn, self.augment = net, crop, loss, augment
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
+        if fp32_strided_depthwise:
+            float32_strided_depthwise(self.net)
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3)
         self.scheduler_factory = scheduler
         self.euler_rule = G.check_rule(euler_rule or "trg")

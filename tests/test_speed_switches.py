@@ -55,3 +55,47 @@ def test_channels_last_and_compile_keep_the_weights():
     cl = _module(channels_last=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(cl(batch)["R"], plain(batch)["R"], atol=1e-5, rtol=1e-4)
+
+
+def test_fp32_strided_depthwise_swaps_exactly_those_convolutions():
+    """OpNet's MobileNet: its four stride-2 depthwise 3x3 convolutions (32->64 px ... 512 channels) become
+    Float32Conv2d; every other layer, every parameter name and value stays; float32 outputs are unchanged."""
+    from hpe_bench.models.mixed_precision import Float32Conv2d
+    from hpe_bench.models.opnet import OpNet
+
+    torch.manual_seed(0)
+    plain = OpNet(backbone="mobilenetv1").eval()
+    fast = OpNet(backbone="mobilenetv1").eval()
+    fast.load_state_dict(plain.state_dict())
+    module = HeadPoseModule(net=fast, crop=CropInput(size=64, grayscale=True), fp32_strided_depthwise=True)
+    swapped = [m for m in module.net.modules() if isinstance(m, Float32Conv2d)]
+    # independent count from the layer list: depthwise (groups == channels) with stride 2
+    expected = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.stride == (2, 2)]
+    assert len(swapped) == len(expected) == 4
+    assert [m.in_channels for m in swapped] == [m.in_channels for m in expected]
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        for key, value in plain({"image": x}).items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                torch.testing.assert_close(fast({"image": x})[key], value, atol=1e-6, rtol=1e-6, msg=key)
+
+
+def test_float32_conv_under_autocast_computes_in_float32():
+    """Under bf16 autocast a Float32Conv2d equals the float32 convolution of its (bf16) input, rounded once to
+    bfloat16; the plain bf16 convolution (weights rounded too) is further from it."""
+    from hpe_bench.models.mixed_precision import float32_strided_depthwise
+
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16, bias=False)
+    conv.weight.data.normal_(0, 0.3)
+    plain = torch.nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16, bias=False)
+    plain.load_state_dict(conv.state_dict())
+    assert float32_strided_depthwise(torch.nn.Sequential(conv)) == 1
+    x = torch.randn(2, 16, 17, 17).bfloat16()
+    reference = torch.nn.functional.conv2d(x.float(), conv.weight, stride=2, padding=1, groups=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_bf16 = conv(x), plain(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 16, 9, 9)
+    torch.testing.assert_close(y, reference.bfloat16(), atol=0, rtol=0.008)  # one bf16 rounding
+    assert (y.float() - reference).abs().mean() < (y_bf16.float() - reference).abs().mean()
