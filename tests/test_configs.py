@@ -66,6 +66,7 @@ def test_euler_rule_default_comes_from_data_protocol():
 def test_experiment_preset_overrides_root_values():
     cfg = compose_with("experiment=demo")
     assert cfg.experiment_name == "demo" and cfg.trainer.max_steps == 3000
+    assert cfg.trainer.max_time == "00:00:08:45"  # stops training in time on a slower CPU: make demo < 10 min
     assert cfg.model.net.backbone == "resnet10t" and cfg.model.crop.size == 64 and cfg.loss.rot_norm == "frobenius"
     assert cfg.trainer.precision in ("bf16-mixed", "32-true", "16-mixed")  # trainer=fast: resolved by the hardware
     assert compose_with("experiment=demo", "trainer.max_steps=5").trainer.max_steps == 5  # command line wins
