@@ -179,11 +179,15 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of every section")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the JSON here")
+    p.add_argument("--malloc", choices=("glibc", "tuned"), default="tuned",
+                   help="allocator of this process: tuned as hpe_bench runs do (conf/config.yaml malloc), or glibc's")
     p.add_argument("--runs", default="", help="trained runs for the latency/int8 section, model=run_dir[,...] "
                    "(e.g. opnet=outputs/runs/opnet/<time>); other models use seeded untrained weights")
     args = p.parse_args(argv)
     trained = dict(item.split("=", 1) for item in args.runs.split(",") if item)
     torch.set_num_threads(args.threads)
+    if args.malloc == "tuned":  # what every `python -m hpe_bench` run applies (conf/config.yaml malloc)
+        bench_train.apply_run_malloc()
     q = args.quick
     models = ["opnet"] if q and args.models == "opnet,trg" else args.models.split(",")
     load0 = os.getloadavg()[0]
@@ -193,7 +197,7 @@ def main(argv=None) -> dict:
     variants = (["fp32", "cl"] + (["bf16_cl"] if native_bf16 else []) + ([] if q else ["fused"])
                 + (["bf16+cl+fused+dw32"] if native_bf16 and not q else []))  # "all": every switch at once
     t_start = time.perf_counter()
-    out = {"machine": bench_train.machine() | {"threads": args.threads}, "quick": q,
+    out = {"machine": bench_train.machine() | {"threads": args.threads, "malloc": args.malloc}, "quick": q,
            "synthetic": synthetic_speed(8 if q else 1000, 256, 2),
            "loader": loader_speed(models[0], 8 if q else 32, 2 if q else 8, 0 if q else 2),
            "models": {}}

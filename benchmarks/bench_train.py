@@ -64,6 +64,18 @@ def machine() -> dict:
             "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
+def apply_run_malloc() -> dict:
+    """Apply the allocator settings of ``conf/config.yaml`` (``malloc``) to this process, as ``hpe_bench.run``
+    does; returns them."""
+    from omegaconf import OmegaConf
+
+    from hpe_bench.hardware import tune_malloc
+    settings = OmegaConf.to_container(OmegaConf.load(pathlib.Path(__file__).resolve().parents[1] / "conf" / "config.yaml").malloc)
+    if not tune_malloc(**settings):
+        print("warning: no glibc mallopt here; allocator left as it is", file=sys.stderr)
+    return settings
+
+
 def variant_parts(name: str) -> tuple[bool, bool, dict, bool, dict]:
     """``(autocast, channels_last, optimizer kwargs, compile, module kwargs)`` of a variant name or a "+"
     combination."""
@@ -187,9 +199,13 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--overrides", default="", help="Hydra overrides for every model, space-separated")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step of the first "
                    "variant per model instead of timing the variants")
+    p.add_argument("--malloc", choices=("glibc", "tuned"), default="glibc", help="tuned: for the whole process, "
+                   "the allocator settings every `python -m hpe_bench` run applies (conf/config.yaml malloc)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.malloc == "tuned":
+        apply_run_malloc()
     variants = args.variants.split(",")
     for v in variants:
         variant_parts(v)  # exits on an unknown name before any work
@@ -202,7 +218,7 @@ def main(argv=None) -> list[dict]:
     load0 = os.getloadavg()[0]
     results = [bench_model(m, variants, args.batch, args.steps, args.warmup, args.device, overrides)
                for m in args.models.split(",")]
-    info = machine() | {"load_avg_1min_before": round(load0, 2)}
+    info = machine() | {"load_avg_1min_before": round(load0, 2), "malloc": args.malloc}
     print(json.dumps({"machine": info, "train_step": results}, indent=1))
     print_table(results)
     if args.json:

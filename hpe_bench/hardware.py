@@ -34,3 +34,38 @@ def fast_precision(accelerator: str = "auto") -> str:
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return gpu_precision()
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3
+
+
+def tune_malloc(mmap_threshold: int | None = None, top_pad: int | None = None) -> bool:
+    """Set glibc's allocator parameters for this process (``mallopt``; what ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TOP_PAD_`` do at start-up). Returns False where the C library has no ``mallopt`` (macOS, musl):
+    nothing changes there.
+
+    Why: a training step allocates and frees the same large activation buffers every step. With glibc's defaults
+    many are served by fresh ``mmap`` pages (and the heap top is trimmed back to the system), which the kernel
+    zero-fills on first touch at every step; a fixed 32 MB mmap threshold and a heap top pad keep them in the
+    heap for reuse. OpNet's float32 step ran 1.4x faster, its bf16 step 1.1-1.2x, TRG's 1.05x
+    (docs/performance.md). PyTorch's CPU tuning guide suggests jemalloc/tcmalloc through ``LD_PRELOAD`` for the
+    same reason; this needs no extra library and no launcher. Written here because no Python package exposes
+    ``mallopt``.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    ok = True
+    for param, value in ((_M_MMAP_THRESHOLD, mmap_threshold), (_M_TOP_PAD, top_pad)):
+        if value is not None:
+            ok = bool(mallopt(param, int(value))) and ok
+    return ok

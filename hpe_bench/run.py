@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .cluster import fit_ckpt_path, keep_wandb_id
+from .hardware import tune_malloc
 from .metrics.registry import METRICS, NUM_SAMPLES, format_value
 from . import protocol_test as PT
 from . import wandb_logging as WL
@@ -75,6 +76,8 @@ def format_table(record: dict[str, Any]) -> str:
 
 def run(cfg: DictConfig) -> float | None:
     out = check_writable(output_dir())
+    if cfg.get("malloc"):  # before the data and the net allocate anything large
+        tune_malloc(**cfg.malloc)
     L.seed_everything(cfg.seed, workers=True)
     info = run_info(cfg.seed, {
         "experiment": cfg.get("experiment_name"), "choices": group_choices(), "output_dir": str(out),
