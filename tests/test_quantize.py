@@ -82,6 +82,53 @@ def test_float_nodes_add_ops_without_int8_kernels(tmp_path):
     assert [ops[n] for n in float_nodes(path)] == ["ConvTranspose"]
 
 
+class _SqueezeExciteThenHead(torch.nn.Module):
+    """conv -> squeeze-and-excitation (pool -> linear -> sigmoid -> scales the maps) -> conv -> pool -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.excite = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, image):
+        f = torch.relu(self.conv1(image))
+        f = f * torch.sigmoid(self.excite(f.mean((2, 3)))).view(-1, 4, 1, 1)
+        f = torch.relu(self.conv2(f))
+        return torch.nn.functional.normalize(self.head(f.mean((2, 3))), dim=1)
+
+
+def test_pooled_head_stays_float_but_a_pooling_inside_the_trunk_does_not(tmp_path):
+    """The last pooling and everything after it (linear head, normalisation) is the head; the excitation's
+    pooling feeds a convolution, so it and the trunk after it stay quantisable."""
+    from hpe_bench.deploy.quantize import float_nodes, pooled_head_nodes
+    path = tmp_path / "se.onnx"
+    torch.onnx.export(_SqueezeExciteThenHead(), (torch.rand(1, 3, 8, 8),), str(path), input_names=["image"],
+                      opset_version=17, dynamo=False)
+    import onnx
+    graph = onnx.load(str(path)).graph
+    ops = {n.name: n.op_type for n in graph.node}
+    head = pooled_head_nodes(path)
+    assert set(head) == set(float_nodes(path))  # no geometry input, no deconvolution
+    pools = [n.name for n in graph.node if n.op_type == "ReduceMean"]
+    assert len(pools) == 2 and pools[0] not in head and pools[1] in head
+    assert not any(ops[n] == "Conv" for n in head) and sum(op == "Conv" for op in ops.values()) == 2
+    gemms = [n for n, op in ops.items() if op in ("Gemm", "MatMul")]
+    assert [g for g in gemms if g in head] == [g for g in gemms if "head" in g] != []
+    assert any(g for g in gemms if "excite" in g and g not in head)
+    # the quantised graph: both convolutions read int8 weights, the head's Gemm reads float32 ones
+    from hpe_bench.deploy.quantize import quantize_int8
+    int8 = quantize_int8(path, tmp_path / "se.int8.onnx", [{"image": np.random.default_rng(0).random((1, 3, 8, 8),
+                                                                                                   np.float32)}])
+    g8 = onnx.load(str(int8)).graph
+    producers = {o: n.op_type for n in g8.node for o in n.output}
+    inits = {t.name for t in g8.initializer}
+    convs = [n for n in g8.node if n.op_type == "Conv"]
+    assert len(convs) == 2 and all(producers.get(c.input[1]) == "DequantizeLinear" for c in convs)
+    head_gemm = next(n for n in g8.node if n.op_type == "Gemm" and "head" in n.name)
+    assert head_gemm.input[1] in inits  # its weight is the float32 initializer itself
+
+
 def test_calibration_batches_without_rotation_labels_give_no_label_records():
     """Unlabelled calibration/evaluation data (no R) still yields the network inputs; no vs-GT record is kept."""
     from hpe_bench.deploy.quantize import network_input_batches

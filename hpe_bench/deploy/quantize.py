@@ -30,6 +30,9 @@ IMAGE_INPUT = "image"
 # ``export.export_quantizable`` rewrites the usual deconvolutions as convolutions first (deploy.subpixel), so
 # this only catches those without an exact sub-pixel form.
 FLOAT_OPS = ("ConvTranspose",)
+# Global poolings as torch exports them (``mean((2, 3))`` -> ReduceMean, ``adaptive_avg_pool2d(1)`` ->
+# GlobalAveragePool): where the convolutional trunk ends and a per-image head begins (``pooled_head_nodes``).
+GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax")
 
 
 def network_input_batches(crop: nn.Module, loader: Iterable[Mapping[str, Any]], input_names: Sequence[str],
@@ -54,8 +57,8 @@ def network_input_batches(crop: nn.Module, loader: Iterable[Mapping[str, Any]], 
 def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: Iterable[Mapping[str, np.ndarray]],
                   per_channel: bool = True) -> Path:
     """Static int8 quantisation of ``fp32_path`` into ``out`` (atomic), calibrated on the input batches
-    ``calibration`` (min/max of the activations). The image-only part of the graph is quantised; the nodes of
-    ``float_nodes`` (geometry, ops without an int8 CPU kernel) stay float32."""
+    ``calibration`` (min/max of the activations). The image-only convolutional trunk is quantised; the nodes of
+    ``float_nodes`` (geometry, the head on pooled features, ops without an int8 CPU kernel) stay float32."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -109,11 +112,34 @@ def geometry_nodes(path, image_input: str = IMAGE_INPUT) -> list[str]:
     return excluded
 
 
+def pooled_head_nodes(path) -> list[str]:
+    """Names of the nodes of the head on pooled features: a global pooling (``GLOBAL_POOLS``) and every node
+    that depends on its output, where no convolution does (a squeeze-and-excitation pooling inside a trunk
+    feeds convolutions and is not a head). ``quantize_int8`` keeps them in float32: their tensors are vectors
+    per image, so int8 saves no compute there, while each quantised node adds conversions and puts outputs of
+    different kinds (quaternion, coordinates, log-variances) on 8-bit scales; OpNet's int8 graph was faster and
+    closer to float32 with its head in float32 (docs/performance.md)."""
+    graph = _graph(path)
+    head: list[str] = []
+    for k, pool in enumerate(graph.node):
+        if pool.op_type not in GLOBAL_POOLS:
+            continue
+        tainted, downstream = set(pool.output), [pool]
+        for node in graph.node[k + 1:]:  # topologically sorted
+            if any(name in tainted for name in node.input):
+                downstream.append(node)
+                tainted.update(node.output)
+        if not any(n.op_type in ("Conv", "ConvTranspose") for n in downstream):
+            head += [n.name for n in downstream if n.name]
+    return list(dict.fromkeys(head))
+
+
 def float_nodes(path: str | Path) -> list[str]:
-    """The nodes ``quantize_int8`` leaves in float32: ``geometry_nodes`` and the ``FLOAT_OPS`` nodes."""
+    """The nodes ``quantize_int8`` leaves in float32: ``geometry_nodes``, ``pooled_head_nodes`` and the
+    ``FLOAT_OPS`` nodes."""
     graph = _graph(path)
     no_kernel = [n.name for n in graph.node if n.op_type in FLOAT_OPS and n.name]
-    return sorted(set(geometry_nodes(graph)) | set(no_kernel))
+    return sorted(set(geometry_nodes(graph)) | set(pooled_head_nodes(graph)) | set(no_kernel))
 
 
 def _graph(source):
