@@ -111,6 +111,10 @@ def run(cfg: DictConfig) -> float | None:
     targets = PT.test_targets(cfg, datamodule, group_choices().get("data")) if cfg.get("test", True) else []
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=fit_ckpt_path(cfg, out))  # requeued: last.ckpt
+        if 0 < trainer.max_steps and trainer.global_step < trainer.max_steps and trainer.max_epochs in (None, -1):
+            # e.g. trainer.max_time (the demo's safety net on a slow CPU): say so, metrics.json records the step
+            log.warning("training stopped at step %d of trainer.max_steps=%d (trainer.max_time=%s or a callback)",
+                        trainer.global_step, trainer.max_steps, cfg.trainer.get("max_time"))
     if not cfg.get("test", True):
         WL.finish(trainer)
         return None

@@ -137,3 +137,15 @@ def test_console_script_composes_from_any_directory(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "direct_regression" in proc.stdout and "experiment_name" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_time_limit_stops_training_and_still_tests(tmp_path):
+    """The demo's safety net (trainer.max_time): training stops at the limit, the run tests the weights it has,
+    says so, and metrics.json records how far it got."""
+    proc = run_cli(tmp_path, "experiment=demo", "trainer.max_steps=100000", "trainer.max_time=00:00:00:02",
+                   "trainer.check_val_every_n_epoch=1000")
+    record = json.loads((run_dir(tmp_path, "demo") / "metrics.json").read_text())
+    assert 0 < record["checkpoint"]["step"] < 100000
+    assert record["num_samples"] == 20  # the whole (debug) test split was still scored
+    assert "training stopped at step" in proc.stdout + proc.stderr
