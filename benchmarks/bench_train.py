@@ -105,6 +105,7 @@ def build_variant(cfg, name: str, state: dict | None, device: str):
     """(module, optimizer, autocast flag) for one variant, starting from ``state`` (shared initial weights)."""
     from hydra.utils import instantiate
     autocast, channels_last, opt_kwargs, compile_, module_kwargs = variant_parts(name)
+    module_kwargs = {"fp32_strided_depthwise": False} | module_kwargs  # on in conf/ by default: only "dw32" turns it on
     module = instantiate(cfg.model, loss=instantiate(cfg.loss), augment=instantiate(cfg.augment) if cfg.get("augment")
                          else None, euler_rule="trg", channels_last=channels_last, compile=compile_, **module_kwargs)
     if state is not None:

@@ -58,9 +58,9 @@ class HeadPoseModule(L.LightningModule):
             (faster convolutions with oneDNN on CPU and with tensor cores under autocast; docs/performance.md).
         compile: ``torch.compile`` the net in place (``nn.Module.compile``: the state-dict keys, checkpoints
             and ONNX export are unchanged) when fitting; ``True`` or a dict of ``torch.compile`` arguments.
-        fp32_strided_depthwise: under mixed precision, run the net's strided depthwise convolutions in float32
-            (``models.mixed_precision``: oneDNN's bfloat16 kernels for them are the slow ones on CPU; OpNet's
-            MobileNet). No effect in float32; parameter names unchanged.
+        fp32_strided_depthwise: under CPU autocast, run the net's strided depthwise convolutions in float32
+            (``models.mixed_precision``: oneDNN's bfloat16 kernels for them are the slow ones; OpNet's
+            MobileNet). No effect in float32 or on GPUs; parameter names unchanged. On in conf/ by default.
 
     Under mixed precision (``trainer.precision=bf16-mixed`` / ``16-mixed``) only the net runs in autocast: its
     predictions are cast to float32 and the loss, metrics and label geometry run outside autocast (the OpNet

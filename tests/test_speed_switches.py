@@ -99,6 +99,11 @@ def test_float32_conv_under_autocast_computes_in_float32():
     assert y.dtype == torch.bfloat16 and y.shape == (2, 16, 9, 9)
     torch.testing.assert_close(y, reference.bfloat16(), atol=0, rtol=0.008)  # one bf16 rounding
     assert (y.float() - reference).abs().mean() < (y_bf16.float() - reference).abs().mean()
+    # outside CPU autocast it is nn.Conv2d: float32 inputs, and bfloat16 weights (bf16-true precision) too
+    x32 = torch.randn(2, 16, 17, 17)
+    assert torch.equal(conv(x32), plain(x32))
+    conv16, plain16 = conv.to(torch.bfloat16), plain.to(torch.bfloat16)
+    assert torch.equal(conv16(x), plain16(x)) and conv16(x).dtype == torch.bfloat16
 
 
 MALLINFO_PROBE = r"""
