@@ -14,7 +14,8 @@ step on one fixed synthetic batch, with its own copy of the same initial weights
   fused     +model.optimizer.fused=true (fused Adam kernel; the default runs one kernel per parameter on CPU)
   foreach   model.optimizer.foreach=true
   compile   model.compile=true (torch.compile; the first steps compile and are excluded as warm-up)
-  dw32      model.fp32_strided_depthwise=true (strided depthwise convolutions in float32 under autocast)
+  dw32      model.fp32_strided_depthwise=true (strided depthwise convolutions in float32 under CPU autocast;
+            on by default in conf/, off in every other variant here so that its effect shows)
 Variants combine with "+": ``bf16+cl+fused`` is all three. ``--overrides`` adds Hydra overrides to every model's
 config (``--overrides "model.net.backbone=resnet10t model.crop.size=64"``).
 """
