@@ -48,7 +48,7 @@ def tune_malloc(mmap_threshold: int | None = None, top_pad: int | None = None) -
     Why: a training step allocates and frees the same large activation buffers every step. With glibc's defaults
     many are served by fresh ``mmap`` pages (and the heap top is trimmed back to the system), which the kernel
     zero-fills on first touch at every step; a fixed 32 MB mmap threshold and a heap top pad keep them in the
-    heap for reuse. OpNet's float32 step ran 1.4x faster, its bf16 step 1.1-1.2x, TRG's 1.05x
+    heap for reuse. OpNet's float32 step ran 1.3-1.4x faster, its bf16 step 1.1-1.2x, TRG's 1.05x
     (docs/performance.md). PyTorch's CPU tuning guide suggests jemalloc/tcmalloc through ``LD_PRELOAD`` for the
     same reason; this needs no extra library and no launcher. Written here because no Python package exposes
     ``mallopt``.
