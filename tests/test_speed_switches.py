@@ -108,7 +108,6 @@ def test_float32_conv_under_autocast_computes_in_float32():
 
 MALLINFO_PROBE = r"""
 import ctypes, ctypes.util, json, sys
-from hpe_bench.hardware import tune_malloc
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -119,7 +118,8 @@ def mapped_after_malloc(size):
     before = libc.mallinfo2().hblks
     libc.malloc(size)
     return libc.mallinfo2().hblks - before
-default = mapped_after_malloc(8 << 20)
+default = mapped_after_malloc(8 << 20)  # before any import that could have moved glibc's adaptive threshold
+from hpe_bench.hardware import tune_malloc
 ok = tune_malloc(mmap_threshold=32 << 20, top_pad=0)
 tuned, above = mapped_after_malloc(8 << 20), mapped_after_malloc(40 << 20)
 tune_malloc(top_pad=64 << 20)
