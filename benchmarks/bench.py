@@ -169,6 +169,8 @@ def inference_latency(model: str, runs: int, repeats: int, calib_batches: int, t
     row["int8_vs_fp32"] = row["onnx_int8_ms"] / row["onnx_fp32_ms"]
     row["weights"] = str(run_dir) if run_dir else "untrained (seed 0)"
     row["int8_graph_rewrites"] = rewrites
+    from hpe_bench.deploy.quantize import needs_reduce_range
+    row["int8_reduce_range"] = needs_reduce_range()
     row["int8_accuracy_change"] = {k: v for k, v in change.items() if not k.startswith("mean_abs_diff/")}
     return row
 

@@ -6,14 +6,26 @@
 from __future__ import annotations
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this x86 CPU computes bfloat16 natively (AVX512-BF16 or AMX; Linux ``/proc/cpuinfo`` flags)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+            return set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this x86 CPU computes bfloat16 natively (AVX512-BF16 or AMX; Linux ``/proc/cpuinfo`` flags)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX-INT8). Without them
+    ONNX Runtime's uint8 x int8 kernels can saturate 16-bit intermediates, which 7-bit weights
+    (``reduce_range``) avoid; ``deploy.quantize`` picks that from here (as Hugging Face Optimum's AVX2/AVX512
+    vs AVX512-VNNI quantisation presets do)."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def gpu_precision() -> str:

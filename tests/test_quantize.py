@@ -138,3 +138,38 @@ def test_calibration_batches_without_rotation_labels_give_no_label_records():
     labels: list = []
     out = list(network_input_batches(CropInput(size=16), [batch], ["image", "bbox_info"], labels=labels))
     assert len(out) == 1 and out[0]["image"].shape == (2, 3, 16, 16) and labels == []
+
+
+def test_reduce_range_follows_the_cpu_and_gives_7_bit_weights(tmp_path, monkeypatch):
+    """x86 without VNNI -> 7-bit weights (|w| <= 64), with VNNI / AMX-INT8 or on ARM -> full 8-bit; checked on the
+    quantised weights themselves."""
+    import onnx
+    from onnx import numpy_helper
+
+    import hpe_bench.hardware as H
+    from hpe_bench.deploy import quantize as Q
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(H, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert Q.needs_reduce_range()
+    monkeypatch.setattr(H, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert not Q.needs_reduce_range()
+    monkeypatch.setattr(H, "cpu_flags", lambda: {"avx2", "amx_int8"})
+    assert not Q.needs_reduce_range()
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    monkeypatch.setattr(H, "cpu_flags", lambda: set())
+    assert not Q.needs_reduce_range()
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3))
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(net, (torch.rand(1, 3, 12, 12),), str(path), input_names=["image"], opset_version=17,
+                      dynamo=False)
+    calib = [{"image": np.random.default_rng(1).random((1, 3, 12, 12), np.float32)}]
+    peaks = {}
+    for reduce in (False, True):
+        out = Q.quantize_int8(path, tmp_path / f"net_{reduce}.onnx", calib, reduce_range=reduce)
+        weights = [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) == 4]
+        assert len(weights) == 2
+        peaks[reduce] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert peaks[False] == 127 and peaks[True] <= 64  # per-channel symmetric: the largest weight maps to the top

@@ -55,10 +55,12 @@ def network_input_batches(crop: nn.Module, loader: Iterable[Mapping[str, Any]], 
 
 
 def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: Iterable[Mapping[str, np.ndarray]],
-                  per_channel: bool = True) -> Path:
+                  per_channel: bool = True, reduce_range: bool | None = None) -> Path:
     """Static int8 quantisation of ``fp32_path`` into ``out`` (atomic), calibrated on the input batches
     ``calibration`` (min/max of the activations). The image-only convolutional trunk is quantised; the nodes of
-    ``float_nodes`` (geometry, the head on pooled features, ops without an int8 CPU kernel) stay float32."""
+    ``float_nodes`` (geometry, the head on pooled features, ops without an int8 CPU kernel) stay float32.
+    ``reduce_range`` (7-bit weights, for x86 CPUs without VNNI, where 8-bit ones can saturate): ``None`` picks it
+    for the CPU this runs on (``hardware.cpu_has_vnni``), so quantise on the kind of CPU that will run the model."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -83,12 +85,23 @@ def quantize_int8(fp32_path: str | Path, out: str | Path, calibration: Iterable[
             src = prepared
         except Exception:  # noqa: BLE001 - optional step; quantise the graph as exported
             src = Path(fp32_path)
+        if reduce_range is None:
+            reduce_range = needs_reduce_range()
         quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=bool(reduce_range), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=float_nodes(src),
                         extra_options={"MatMulConstBOnly": True})
         prepared.unlink(missing_ok=True)
     return out
+
+
+def needs_reduce_range() -> bool:
+    """7-bit weights on x86 CPUs without int8 dot-product instructions (``hardware.cpu_has_vnni``); 8-bit on
+    those with them and on other architectures (ARM's int8 kernels do not saturate)."""
+    import platform
+
+    from ..hardware import cpu_has_vnni
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and not cpu_has_vnni()
 
 
 def geometry_nodes(path, image_input: str = IMAGE_INPUT) -> list[str]:
@@ -207,7 +220,8 @@ def export_int8(fp32_path: str | Path, crop: nn.Module, input_names: Sequence[st
     datamodule.prepare_data()
     datamodule.setup("fit")
     calib = network_input_batches(crop, datamodule.train_dataloader(), input_names, calib_batches)
-    quantize_int8(source or fp32_path, out, calib)
+    reduce_range = needs_reduce_range()
+    quantize_int8(source or fp32_path, out, calib, reduce_range=reduce_range)
     datamodule.setup("test")
     labels: list = []
     inputs = list(network_input_batches(crop, datamodule.test_dataloader(), input_names, eval_batches, labels))
@@ -219,5 +233,7 @@ def export_int8(fp32_path: str | Path, crop: nn.Module, input_names: Sequence[st
     change = compare_predictions(runs["fp32"], runs["int8"], {n: names[n] for n in names if n in runs["fp32"][0]},
                                  euler_rule, labels)
     return {"file": out.name, "quantization": "onnxruntime static QDQ, int8 per-channel weights, uint8 "
-            "activations, MinMax calibration", "calibration": {"split": "train", "batches": calib_batches},
+            "activations, MinMax calibration",
+            "reduce_range": reduce_range,  # 7-bit weights: made on (and for) an x86 CPU without VNNI
+            "calibration": {"split": "train", "batches": calib_batches},
             "int8_vs_fp32": change | {"split": "test"}}
