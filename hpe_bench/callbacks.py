@@ -32,7 +32,7 @@ class PredictionImages(L.Callback):
     @torch.no_grad()
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                           batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._done or not trainer.is_global_zero:
+        if self._done or not trainer.is_global_zero or self.num_images <= 0:  # 0: no drawing
             return
         self._done = True
         n = min(self.num_images, batch["image"].shape[0])

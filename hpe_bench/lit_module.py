@@ -16,23 +16,28 @@ from torch import Tensor, nn
 from . import geometry as G
 from .hardware import cpu_has_native_bf16
 from .metrics import METRICS, build_metrics, compute_flat, per_sample_errors
-from .models.mixed_precision import float32_strided_depthwise
-from .outputs import prediction_columns
+from .models.mixed_precision import float32_strided_depthwise, to_float32
+from .outputs import prediction_columns, scored_pose
 from .schedules import global_batch_size, max_steps_for_samples
 
 log = logging.getLogger(__name__)
 
 
-def _to_float32(x: Any) -> Any:
-    """Floating tensors in (nested dicts / lists / tuples of) ``x`` as float32: autocast outputs leave the net."""
-    if torch.is_tensor(x):
-        return x.float() if x.is_floating_point() and x.dtype != torch.float64 else x
-    if isinstance(x, Mapping):
-        return {k: _to_float32(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_float32(v) for v in x)
-    return x
+FULL_PRECISION = ("32", "32-true", "float32", "64", "64-true", "float64")
+# a rotation farther than this from SO(3) before scoring is more than float32 rounding: said in the log
+ROTATION_DEFECT_WARN = 1e-4
 
+
+def eval_in_full_precision(eval_precision: int | str) -> bool:
+    """Whether ``model.eval_precision`` asks for evaluation outside autocast (``32``, the default) or under the
+    trainer's precision (``bf16-mixed`` / ``16-mixed`` / ``trainer``: rounded numbers, for speed only)."""
+    value = str(eval_precision).lower()
+    if value in FULL_PRECISION:
+        return True
+    if value in ("trainer", "bf16", "bf16-mixed", "16", "16-mixed"):
+        return False
+    raise ValueError(f"model.eval_precision must be 32 (default) or trainer / bf16-mixed / 16-mixed, "
+                     f"got {eval_precision!r}")
 
 class HeadPoseModule(L.LightningModule):
     """Args:
@@ -61,10 +66,17 @@ class HeadPoseModule(L.LightningModule):
         fp32_strided_depthwise: under CPU autocast, run the net's strided depthwise convolutions in float32
             (``models.mixed_precision``: oneDNN's bfloat16 kernels for them are the slow ones; OpNet's
             MobileNet). No effect in float32 or on GPUs; parameter names unchanged. On in conf/ by default.
+        eval_precision: ``32`` (default): validation, test and every prediction made through ``forward`` run
+            the net in float32 whatever ``trainer.precision`` trains in; ``trainer`` (or ``bf16-mixed``) keeps
+            the trainer's autocast, with a warning that the numbers are rounded.
 
-    Under mixed precision (``trainer.precision=bf16-mixed`` / ``16-mixed``) only the net runs in autocast: its
-    predictions are cast to float32 and the loss, metrics and label geometry run outside autocast (the OpNet
-    codec's 3x3 solves in float64), so reduced precision never reaches rotation fitting or error metrics.
+    Under mixed precision (``trainer.precision=bf16-mixed`` / ``16-mixed``) only the net's trunk runs in
+    autocast during training: each net runs its heads' last layers and its output geometry (6D / quaternion ->
+    matrix, ray frame, box-correction translation, landmark decoding, the OpNet codec) in float32
+    (``models.mixed_precision``); the loss, metrics and label geometry run outside autocast (the OpNet codec's
+    3x3 solves in float64). Evaluation runs the whole net in float32 (``eval_precision``), and what is scored
+    and written is ``outputs.scored_pose``: float64 proper rotations. So reduced precision speeds up training
+    and never reaches a scored number.
 
     A scheduler factory may also take ``samples_per_step`` (the global batch: per-process batch size x
     processes x gradient accumulation), filled here, so schedules can be counted in samples.
@@ -76,8 +88,12 @@ class HeadPoseModule(L.LightningModule):
                  grad_clip_max_norm: float | None = None, grad_clip_norm_type: float | str = 2.0,
                  callbacks: list | None = None, total_samples: int | None = None,
                  channels_last: bool = False, compile: bool | Mapping[str, Any] = False,
-                 fp32_strided_depthwise: bool = False):
+                 fp32_strided_depthwise: bool = False, eval_precision: int | str = 32):
         super().__init__()
+        self.eval_full_precision = eval_in_full_precision(eval_precision)
+        if not self.eval_full_precision:
+            log.warning("model.eval_precision=%s: validation and test run under the trainer's autocast, so the "
+                        "reported numbers include its rounding (default 32: float32 evaluation)", eval_precision)
         self.channels_last = bool(channels_last)
         self.compile_options = (dict(compile) if isinstance(compile, Mapping) else {}) if compile else None
         self.total_samples = None if total_samples is None else int(total_samples)
@@ -108,16 +124,19 @@ class HeadPoseModule(L.LightningModule):
 
     # -- forward ---------------------------------------------------------------------------------------
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Predictions for a schema batch (evaluation, export, visualisation), in float32."""
+        """Predictions for a schema batch (evaluation, export, visualisation), in float32: the net runs outside
+        autocast unless ``eval_precision`` says otherwise."""
         with self._full_precision():
             inputs = self.crop(batch)
+            if self.eval_full_precision:
+                return self._predict(inputs)
         return self._predict(inputs)
 
     def _predict(self, inputs: dict[str, Any]) -> dict[str, Tensor]:
         """The net on ``crop(batch)``; the only part that runs under autocast (see the class docstring)."""
         if self.channels_last:
             inputs = dict(inputs, image=inputs["image"].contiguous(memory_format=torch.channels_last))
-        return _to_float32(self.net(inputs))
+        return to_float32(self.net(inputs))
 
     def _full_precision(self):
         """A context without autocast for losses and metrics (a no-op when the trainer runs 32-true)."""
@@ -147,6 +166,13 @@ class HeadPoseModule(L.LightningModule):
                         "bfloat16 convolutions are emulated and much slower than 32-true (docs/performance.md)",
                         precision)
 
+    def on_test_start(self) -> None:
+        dtypes = {p.dtype for p in self.net.parameters()}
+        if self.eval_full_precision and dtypes - {torch.float32, torch.float64}:
+            log.warning("the net's weights are %s (trainer.precision=%s): evaluation cannot run in float32, the "
+                        "numbers include that rounding", sorted(map(str, dtypes)),
+                        getattr(self.trainer, "precision", "?"))
+
     def on_train_start(self) -> None:
         if self.global_step > 0:  # restored from ckpt_path (docs/running.md): the tests read this line
             log.info("training resumes at global step %d", self.global_step)
@@ -171,7 +197,7 @@ class HeadPoseModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         pred = self(batch)
         with self._full_precision():
-            self.val_metrics.update(pred, batch)
+            self.val_metrics.update(scored_pose(pred)[0], batch)
 
     def on_validation_epoch_end(self) -> None:
         values = compute_flat(self.val_metrics)
@@ -191,6 +217,11 @@ class HeadPoseModule(L.LightningModule):
             self._test_update(pred, batch)
 
     def _test_update(self, pred: dict[str, Tensor], batch: dict[str, Any]) -> None:
+        # metrics and predictions.parquet read the same float64 rotations (docs/outputs.md)
+        pred, defect = scored_pose(pred)
+        if defect > ROTATION_DEFECT_WARN:
+            log.warning("the net predicted matrices up to %.3g from a rotation (|R^T R - I|, inf = reflection); "
+                        "they are scored as their nearest rotations", defect)
         self.test_metrics.update(pred, batch)
         errors = per_sample_errors(pred, batch, self.euler_rule)
         self.test_rows.append(prediction_columns(pred, batch, errors))

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .geometry import orthonormality_error, project_to_so3
+
 AXES = ("x", "y", "z")
 
 
@@ -82,28 +84,56 @@ def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
         df.to_parquet(tmp, index=False)
 
 
+def scored_pose(pred: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
+    """What is scored and written: ``pred`` with ``R`` as float64 proper rotations and ``t`` as float64.
+
+    A net builds ``R`` in float32 (also under mixed precision: ``models.mixed_precision``), orthonormal to
+    ~1e-7; its nearest rotation in float64 (``geometry.project_to_so3``) moves it by as much and makes the
+    predictions file's contract exact: ``|R^T R - I| <= 1e-6``, ``det R = +1``, so the metrics and anyone
+    recomputing them from predictions.parquet read the same matrices. Rows with a non-finite entry stay as they
+    are (NaN errors, never dropped). Returns the new dict and the largest orthonormality error before
+    projection (``geometry.orthonormality_error``; ``inf`` for a reflection), which callers report when it is
+    more than rounding.
+    """
+    out = dict(pred)
+    worst = 0.0
+    if pred.get("R") is not None:
+        R = torch.as_tensor(pred["R"]).detach().to(torch.float64)
+        finite = torch.isfinite(R).flatten(1).all(1)
+        if bool(finite.any()):
+            err = orthonormality_error(R[finite])
+            worst = float(err.max())
+            R = R.clone()
+            R[finite] = project_to_so3(R[finite])
+        out["R"] = R
+    if pred.get("t") is not None:
+        out["t"] = torch.as_tensor(pred["t"]).detach().to(torch.float64)
+    return out, worst
+
+
 def prediction_columns(pred: Mapping[str, torch.Tensor], batch: Mapping[str, Any],
                        errors: Mapping[str, torch.Tensor]) -> dict[str, list]:
-    """Per-sample columns of predictions.parquet for one batch (NaN where a value is absent).
+    """Per-sample columns of predictions.parquet for one batch (NaN where a value is absent), float64: pass
+    predictions through ``scored_pose`` first so the file holds exactly what was scored.
 
     A model adds its own columns through ``pred["per_sample"] = {name: (B,) tensor}`` (e.g. OpNet's
     ``sigma_rot_frobenius``); names must not collide with the standard columns.
     """
     B = len(batch["sample_id"])
-    nan = torch.full((B,), float("nan"))
+    nan = torch.full((B,), float("nan"), dtype=torch.float64)
     cols: dict[str, list] = {"sample_id": list(batch["sample_id"]), "dataset": list(batch["dataset"])}
 
     def matrix(prefix: str, R: torch.Tensor | None, has: torch.Tensor | None) -> None:
         for i in range(3):
             for j in range(3):
-                v = nan if R is None else R[:, i, j].detach().float().cpu()
+                v = nan if R is None else R[:, i, j].detach().double().cpu()
                 if has is not None:
                     v = torch.where(has.cpu(), v, nan)
                 cols[f"{prefix}_R_{i}{j}"] = v.tolist()
 
     def vector(prefix: str, t: torch.Tensor | None, has: torch.Tensor | None) -> None:
         for k, ax in enumerate(AXES):
-            v = nan if t is None else t[:, k].detach().float().cpu()
+            v = nan if t is None else t[:, k].detach().double().cpu()
             if has is not None:
                 v = torch.where(has.cpu(), v, nan)
             cols[f"{prefix}_t_{ax}"] = v.tolist()
@@ -113,7 +143,7 @@ def prediction_columns(pred: Mapping[str, torch.Tensor], batch: Mapping[str, Any
     vector("pred", pred.get("t"), None)
     vector("gt", batch["t"], batch["has_t"])
     for name, v in errors.items():
-        cols[name] = v.detach().float().cpu().tolist()
+        cols[name] = v.detach().double().cpu().tolist()
     for name, v in (pred.get("per_sample") or {}).items():
         if name in cols:
             raise ValueError(f"pred['per_sample'] column {name!r} collides with a standard predictions.parquet column")

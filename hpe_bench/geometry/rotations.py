@@ -17,7 +17,7 @@ from torch import Tensor
 __all__ = [
     "quat_to_matrix", "matrix_to_quat", "sixd_to_matrix", "matrix_to_sixd",
     "rotvec_to_matrix", "matrix_to_rotvec", "geodesic_angle", "axis_rotation",
-    "mirror_rotation", "MIRROR_X", "project_to_so3",
+    "mirror_rotation", "MIRROR_X", "project_to_so3", "orthonormality_error",
 ]
 
 
@@ -134,3 +134,17 @@ def project_to_so3(M: Tensor) -> Tensor:
     d = torch.det(U @ Vh)
     D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
     return U @ D @ Vh
+
+
+def orthonormality_error(R: Tensor) -> Tensor:
+    """How far ``R (..., 3, 3)`` is from a rotation ``(...)``: the largest ``|R^T R - I|`` entry, and ``inf`` for a
+    reflection or a degenerate matrix (``det R <= 0``); NaN rows give NaN.
+
+    >>> orthonormality_error(torch.eye(3)).item()
+    0.0
+    >>> orthonormality_error(torch.diag(torch.tensor([1.0, 1.0, -1.0]))).item()
+    inf
+    """
+    I = torch.eye(3, dtype=R.dtype, device=R.device)
+    err = (R.transpose(-1, -2) @ R - I).abs().amax(dim=(-2, -1))
+    return torch.where(torch.det(R) > 0, err, torch.where(torch.isnan(err), err, torch.full_like(err, float("inf"))))

@@ -32,6 +32,7 @@ from ..deploy.spec import POSE_OUTPUTS, ExportSpec
 from ..schema import NUM_LANDMARKS
 from . import register_model
 from .backbones import create_backbone
+from .mixed_precision import autocast_off
 from .trg_parts import local_frame, params_to_translation
 
 ROTATION_FRAMES = ("camera", "ray")
@@ -78,6 +79,12 @@ class DirectRegression(nn.Module):
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         feats = self.backbone(inputs["image"])
+        # Under mixed precision only the backbone runs in autocast: the heads and every output geometry are
+        # float32, so R stays a rotation (mixed_precision.autocast_off).
+        with autocast_off(feats):
+            return self._heads(feats.float(), inputs)
+
+    def _heads(self, feats: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.use_bbox_info:
             info = inputs["bbox_info"]
             feats = torch.cat([feats, info, torch.log(info[:, 2:3].clamp_min(1e-6))], -1)

@@ -25,10 +25,65 @@ checkpoints, ``load_state_dict`` and the ONNX export are unchanged; outside auto
 """
 from __future__ import annotations
 
+import functools
+from typing import Any, Callable, Mapping
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Float32Conv2d", "float32_strided_depthwise", "is_strided_depthwise"]
+__all__ = ["Float32Conv2d", "float32_strided_depthwise", "is_strided_depthwise", "autocast_off", "to_float32",
+           "full_precision"]
+
+
+def to_float32(x: Any) -> Any:
+    """Floating tensors of ``x`` (a tensor or nested dicts / lists / tuples) in float32; float64 and integer
+    tensors and everything else unchanged."""
+    if torch.is_tensor(x):
+        return x.float() if x.is_floating_point() and x.dtype != torch.float64 else x
+    if isinstance(x, Mapping):
+        return {k: to_float32(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_float32(v) for v in x)
+    return x
+
+
+def autocast_off(x: Tensor):
+    """A context without autocast on ``x``'s device: what runs inside computes in its inputs' dtypes.
+
+    Heads' last layers and output geometry (6D / quaternion -> matrix, the ray frame, box-correction
+    translation, landmark decoding) run inside it with float32 inputs, so a net trained under mixed precision
+    still outputs proper rotations: casting a bfloat16 matrix to float32 afterwards does not make it
+    orthonormal again (bf16 keeps 8 bits: |R^T R - I| up to ~0.03).
+    """
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def full_precision(fn: Callable) -> Callable:
+    """Decorator: run ``fn`` outside autocast with its floating tensor arguments (also inside dicts, lists and
+    tuples) in float32, when autocast is on for their device; otherwise call it unchanged.
+
+    ``torch.amp.custom_fwd(cast_inputs=...)`` does the same for one fixed device type and is meant for
+    ``autograd.Function``; models here run on CPU and GPU alike, hence this small version.
+
+    >>> @full_precision
+    ... def gram(a):
+    ...     return a @ a.transpose(-1, -2)
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     gram(torch.eye(3)).dtype
+    torch.float32
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        first = next((a for a in list(args) + list(kwargs.values()) if torch.is_tensor(a)), None)
+        if first is None:
+            first = next((v for a in list(args) + list(kwargs.values()) if isinstance(a, Mapping)
+                          for v in a.values() if torch.is_tensor(v)), None)
+        device = first.device.type if first is not None else "cpu"
+        if not torch.is_autocast_enabled(device):
+            return fn(*args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return fn(*to_float32(args), **to_float32(kwargs))
+    return wrapper
 
 
 class Float32Conv2d(nn.Conv2d):

@@ -31,6 +31,7 @@ from ..codecs import opnet as codec
 from ..deploy.spec import ExportSpec
 from . import register_model
 from .backbones import create_backbone
+from .mixed_precision import autocast_off
 
 N_POINTS = 68
 N_SHAPE = 50  # 40 identity + 10 expression coefficients of BFM68
@@ -259,7 +260,12 @@ class OpNet(nn.Module):
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         feats = self.dropout(self.backbone(inputs["image"]))  # (B, F), one dropout for all heads
+        # Under mixed precision only the backbone runs in autocast: the linear heads, their maps and the codec
+        # are float32, so the quaternion, R and the landmarks are not rounded to bfloat16.
+        with autocast_off(feats):
+            return self._heads(feats.float(), inputs)
 
+    def _heads(self, feats: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         z = self.quat_head(feats)
         # w > 0 removes the q / -q ambiguity and biases toward small rotations (paper Sec. 2.1).
         quat_raw = torch.cat([z[:, :3], smoothclip(z[:, 3:])], dim=-1)  # kept for the norm penalty

@@ -18,6 +18,7 @@ from .. import geometry as G
 from ..deploy.spec import POSE_OUTPUTS, ExportSpec
 from . import register_model
 from .backbones import create_backbone
+from .mixed_precision import autocast_off
 
 
 @register_model("sixdrepnet")
@@ -48,5 +49,6 @@ class SixDRepNet(nn.Module):
         return ExportSpec(inputs=("image",), outputs={"R": POSE_OUTPUTS["R"]}, in_chans=self.in_chans)
 
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        sixd = self.head(self.dropout(self.backbone(inputs["image"])))  # (B, 6)
-        return {"R": G.sixd_to_matrix(sixd)}
+        feats = self.dropout(self.backbone(inputs["image"]))
+        with autocast_off(feats):  # the head and the matrix in float32 under mixed precision
+            return {"R": G.sixd_to_matrix(self.head(feats.float()))}  # (B, 6) -> (B, 3, 3)

@@ -29,6 +29,7 @@ from ..assets import arkit_face
 from ..deploy.spec import POSE_OUTPUTS, ExportSpec
 from . import register_model
 from .backbones import create_backbone
+from .mixed_precision import autocast_off, full_precision
 from .trg_parts import (FACE_SIZE, TRANSLATION_RULES, FaceRegressor, PointReduction, deconv_block, local_frame,
                         params_to_translation, sample_features, soft_argmax)
 
@@ -131,6 +132,7 @@ class TRG(nn.Module):
                     reg.pose_head.weight[7:9] *= 0.5
                     reg.pose_head.bias[7:9] *= 0.5
 
+    @full_precision
     def sampling_points(self, vertices: Tensor, R: Tensor, t: Tensor, K_crop: Tensor, size: int) -> Tensor:
         """The 305-vertex subset of ``vertices (B, 1220, 3)`` posed by ``R, t`` and projected with ``K_crop``,
         normalised to ``[-1, 1]`` for a crop of side ``size`` -> ``(B, 305, 2)``; keeps the gradient."""
@@ -199,13 +201,15 @@ class TRG(nn.Module):
         if self.geometry:
             out["vertices"] = V
         if self.heatmap is not None:
-            cells = G.heatmap_cell_positions(maps[-1].shape[-1], S, self.heatmap_cells, dtype, image.device)
-            heatmap_landmarks = soft_argmax(self.heatmap(maps[-1]), cells)
-            crop_px = G.normalized_to_crop(heatmap_landmarks, S)
-            out["landmarks_2d"] = G.apply_transform_2d(torch.linalg.inv(inputs["A"].to(dtype)), crop_px)
-            out["heatmap_landmarks"] = heatmap_landmarks
+            with autocast_off(image):  # the heatmap head, soft-argmax and landmark decoding in float32
+                cells = G.heatmap_cell_positions(maps[-1].shape[-1], S, self.heatmap_cells, dtype, image.device)
+                heatmap_landmarks = soft_argmax(self.heatmap(maps[-1].to(dtype)), cells)
+                crop_px = G.normalized_to_crop(heatmap_landmarks, S)
+                out["landmarks_2d"] = G.apply_transform_2d(torch.linalg.inv(inputs["A"].to(dtype)), crop_px)
+                out["heatmap_landmarks"] = heatmap_landmarks
         return out
 
+    @full_precision  # 6D -> matrix, the local frame and the translation rule: float32 under mixed precision
     def _pose(self, sixd: Tensor, p: Tensor, box: Tensor, K: Tensor, Q: Tensor | None,
               inputs: dict) -> tuple[Tensor, Tensor]:
         R = G.sixd_to_matrix(sixd)

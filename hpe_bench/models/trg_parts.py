@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import geometry as G
+from .mixed_precision import autocast_off
 
 FACE_SIZE = 0.2  # metres: the face is modelled inside a 0.2 m x 0.2 m box (paper Sec. 3.4)
 TRANSLATION_RULES = ("correction", "camera_offset", "local_to_global", "direct")
@@ -182,8 +183,10 @@ class FaceRegressor(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         h = self.trunk(x)
-        dV = None if self.vertex_head is None else self.vertex_head(h).view(-1, self.n_vertices, 3)
-        return dV, self.pose_head(h)
+        with autocast_off(h):  # the heads' last layers in float32 under mixed precision: dV, dpose unrounded
+            h = h.float()
+            dV = None if self.vertex_head is None else self.vertex_head(h).view(-1, self.n_vertices, 3)
+            return dV, self.pose_head(h)
 
 
 def deconv_block(c_in: int, c_out: int) -> nn.Sequential:
