@@ -238,3 +238,205 @@ def test_console_script_score_reports_unknown_ids(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "nope/1" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# -- the scorer tells the truth: non-numbers, non-finite values, partial translations, reflections, bf16 ---------
+def test_text_cell_exits_2_naming_column_sample_and_value(syn, capsys):
+    tmp, ids, R, t = syn
+    df = matrix_frame(ids, R, t).astype({"R_11": object, "tz": object})
+    df.loc[4, "R_11"] = "abc"
+    rc, _, out = run_score(tmp, "abc", df)
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists() and "Traceback" not in err
+    assert "column 'R_11': 1 value is not a number" in err and repr(ids[4]) in err and "'abc'" in err
+    assert run_score(tmp, "abc_allowed", df, "--allow-nonfinite")[0] == 2  # text is never a missing value
+    df = matrix_frame(ids, R, t).astype({"tz": object})
+    df.loc[7, "tz"], df.loc[9, "tz"] = "n/a?", "0.5m"
+    assert run_score(tmp, "abc_tz", df)[0] == 2
+    err = capsys.readouterr().err
+    assert "column 'tz': 2 values are not a number" in err and repr(ids[7]) in err
+
+
+def test_text_cell_through_the_real_cli_has_no_traceback(syn):
+    """`python -m hpe_bench score` (the console entry's dispatcher): exit 2, one line, no traceback. The file is
+    checked before the protocol is read, so this costs no dataset."""
+    tmp, ids, R, t = syn
+    df = matrix_frame(ids, R).astype({"R_00": object})
+    df.loc[1, "R_00"] = "abc"
+    df.to_csv(tmp / "abc_cli.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "hpe_bench", "score", str(tmp / "abc_cli.csv"), "--protocol",
+                           "synthetic", *SYN, "--out", str(tmp / "abc_cli")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "'R_00'" in proc.stderr and ids[1] in proc.stderr
+    assert not (tmp / "abc_cli").exists()
+
+
+def test_numeric_columns_read_nan_and_inf_text_as_numbers():
+    df = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "x": ["1.5", "nan", "-inf", None], "y": [1, 2, 3, 4]})
+    v = S.numeric_columns(df, ["x", "y"])
+    assert v[0, 0] == 1.5 and math.isnan(v[1, 0]) and v[2, 0] == -math.inf and math.isnan(v[3, 0])
+    assert v[:, 1].tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_nan_translation_is_an_error_unless_allowed_and_then_recorded(syn, capsys):
+    tmp, ids, R, t = syn
+    df = matrix_frame(ids, R, t)
+    df.loc[3, "tx"] += 0.010  # 10 mm off on sample 3
+    df.loc[5, "tx"] = np.nan
+    rc, _, out = run_score(tmp, "nan_tx", df)
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "1 sample has a non-finite translation value" in err and "tx: 1" in err and repr(ids[5]) in err
+    assert "--allow-nonfinite" in err
+    rc, m, out = run_score(tmp, "nan_tx_ok", df, "--allow-nonfinite")
+    assert rc == 0
+    assert m["num_samples"] == N and m["count_rotation"] == N and m["count_translation"] == N - 1
+    assert m["tx_mm"] == pytest.approx(10.0 / (N - 1), abs=1e-3)  # sample 5 left out, not averaged as 0 or NaN
+    assert m["ids"]["left_out"]["translation"] == {"count": 1, "ids": [ids[5]]}
+    assert m["ids"]["left_out"]["rotation"] == {"count": 0, "ids": []}
+    rows = pd.read_parquet(out / "predictions.parquet").set_index("sample_id")
+    assert math.isnan(rows.loc[ids[5], "pred_t_x"]) and math.isnan(rows.loc[ids[5], "tx_mm"])
+    assert rows.loc[ids[5], "geodesic_deg"] == pytest.approx(0.0, abs=1e-3)  # its rotation is still scored
+
+
+def test_nonfinite_rotation_is_an_error_unless_allowed_and_then_recorded(syn, capsys):
+    tmp, ids, R, t = syn
+    df = matrix_frame(ids, rotated_10deg(R), t)  # sample 0 is 10 deg off
+    df.loc[2, "R_01"] = np.inf
+    df.loc[6, "R_22"] = np.nan
+    rc, _, out = run_score(tmp, "inf_R", df)
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "2 samples have a non-finite matrix rotation value" in err and "R_01: 1, R_22: 1" in err
+    assert repr(ids[2]) in err and "R_01 = inf" in err
+    rc, m, out = run_score(tmp, "inf_R_ok", df, "--allow-nonfinite")
+    assert rc == 0
+    assert m["count_rotation"] == N - 2 and m["geodesic_deg"] == pytest.approx(10.0 / (N - 2), abs=1e-3)
+    assert m["count_translation"] == N and m["num_samples"] == N  # their translations are still scored
+    assert m["ids"]["left_out"]["rotation"] == {"count": 2, "ids": sorted([ids[2], ids[6]])}
+    assert m["ids"]["missing"] == [] and m["ids"]["scored"] == N
+    rows = pd.read_parquet(out / "predictions.parquet").set_index("sample_id")
+    assert math.isnan(rows.loc[ids[2], "geodesic_deg"]) and rows.loc[ids[2], "mae_t_mm"] == pytest.approx(0, abs=1e-3)
+
+    ypr = G.matrix_to_euler(R, "trg").numpy()
+    eul = pd.DataFrame({"sample_id": ids, "yaw": ypr[:, 0], "pitch": ypr[:, 1], "roll": ypr[:, 2]})
+    eul.loc[8, "roll"] = np.nan  # an empty cell in the CSV
+    assert run_score(tmp, "nan_roll", eul, "--euler-rule", "trg")[0] == 2
+    err = capsys.readouterr().err
+    assert "non-finite euler rotation value" in err and repr(ids[8]) in err and "roll = nan" in err
+    rc, m, _ = run_score(tmp, "nan_roll_ok", eul, "--euler-rule", "trg", "--allow-nonfinite")
+    assert rc == 0 and m["count_rotation"] == N - 1 and m["num_samples"] == N - 1  # no translation either: no row
+    assert m["ids"]["left_out"]["rotation"]["ids"] == [ids[8]] and "translation" not in m["ids"]["left_out"]
+
+
+def test_partial_translation_is_an_error(syn, capsys):
+    tmp, ids, R, t = syn
+    df = matrix_frame(ids, R, t).drop(columns=["tz"])
+    rc, _, out = run_score(tmp, "no_tz", df)
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "found ['tx', 'ty'], missing ['tz']" in err
+    assert run_score(tmp, "only_ty", matrix_frame(ids, R, t).drop(columns=["tx", "tz"]))[0] == 2
+    assert "missing ['tx', 'tz']" in capsys.readouterr().err
+
+
+def test_reflections_count_as_non_rotations(syn, capsys):
+    tmp, ids, R, t = syn
+    Rf = R.clone()
+    Rf[1] = -R[1]  # orthonormal, det -1
+    rc, _, out = run_score(tmp, "reflection", matrix_frame(ids, Rf))
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "1 matrix is not a rotation (1 reflection, det < 0)" in err and repr(ids[1]) in err
+    assert "det = -1" in err and "--project-rotations" not in err  # nothing to project
+    Rf[4], Rf[7] = 2.0 * R[4], R[7] + 0.01  # not orthonormal: far off, and near (|R^T R - I| ~ 0.02)
+    rc, _, _ = run_score(tmp, "mixed", matrix_frame(ids, Rf))
+    err = capsys.readouterr().err
+    assert rc == 2 and "3 matrices are not rotations (2 not orthonormal, |R^T R - I| > 0.001; 1 reflection" in err
+    assert "1 of them are within |R^T R - I| <= 0.1" in err and "--project-rotations" in err
+    rc, _, _ = run_score(tmp, "mixed_projected", matrix_frame(ids, Rf), "--project-rotations")
+    err = capsys.readouterr().err  # projection never fixes a reflection or a matrix far from a rotation
+    assert rc == 2 and "2 matrices are not rotations (1 not orthonormal, |R^T R - I| > 0.1; 1 reflection" in err
+
+
+def bf16(R):
+    return R.to(torch.bfloat16).to(torch.float64)
+
+
+def deviation(R):
+    """max |R^T R - I| per matrix, numpy (independent of the scorer's torch code)."""
+    R = R.numpy()
+    return np.abs(np.einsum("nki,nkj->nij", R, R) - np.eye(3)).max(axis=(1, 2))
+
+
+def test_project_rotations_on_a_bf16_rounded_table(syn, capsys):
+    tmp, ids, R, t = syn
+    Rb = bf16(R)
+    dev = deviation(Rb)
+    n_off = int((dev > 1e-3).sum())
+    assert 0 < n_off and dev.max() < 0.1  # bf16 rounding (8-bit mantissa) leaves most matrices off by > 1e-3
+    rc, _, _ = run_score(tmp, "bf16", matrix_frame(ids, Rb))
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{n_off} matrices are not rotations ({n_off} not orthonormal" in err
+    assert "--project-rotations" in err
+    rc, m, _ = run_score(tmp, "bf16_projected", matrix_frame(ids, Rb), "--project-rotations")
+    assert rc == 0 and m["count_rotation"] == N
+    check = m["rotation_check"]
+    assert check["projected"] == n_off and len(check["projected_ids"]) == n_off
+    assert check["max_deviation"] == pytest.approx(dev.max(), rel=1e-9)
+    # each entry is rounded by at most 2^-9 relative, so |E|_F <= 3 * 2^-9 and the nearest rotation is within
+    # that angle (rad) of the true one: 0.34 deg
+    assert 0 < m["geodesic_deg"] < math.degrees(3 * 2 ** -9)
+    q = pd.DataFrame({"sample_id": ids, **dict(zip(S.QUAT_COLS, G.matrix_to_quat(R).numpy().T))})
+    assert run_score(tmp, "quat_projected", q, "--project-rotations")[0] == 2  # only matrices are projected
+    assert "applies to matrices" in capsys.readouterr().err
+
+
+def run_dir_with(tmp_path, ids, pred_R, R, t, pred_t=None):
+    run = tmp_path / "run"
+    run.mkdir()
+    frame = pd.DataFrame({"sample_id": ids, "dataset": "synthetic"})
+    for i in range(3):
+        for j in range(3):
+            frame[f"pred_R_{i}{j}"], frame[f"gt_R_{i}{j}"] = pred_R[:, i, j].numpy(), R[:, i, j].numpy()
+    for k, a in enumerate("xyz"):
+        frame[f"pred_t_{a}"] = np.nan if pred_t is None else pred_t[:, k].numpy()
+        frame[f"gt_t_{a}"] = t[:, k].numpy()
+    frame.to_parquet(run / "predictions.parquet")
+    (run / "metrics.json").write_text(json.dumps({"experiment": "demo", "data": "synthetic", "model": "m",
+                                                  "euler_convention": "trg"}))
+    return run
+
+
+def test_rescore_a_bf16_run_needs_project_rotations(syn, tmp_path, capsys):
+    """A run trained in bf16 wrote rounded matrices (README's `score --run ... --report-rule opnet`); its model
+    predicts no translation, so its pred_t_* are all NaN: that is no translation, not an error."""
+    _, ids, R, t = syn
+    run = run_dir_with(tmp_path, ids, bf16(R), R, t)
+    assert S.main(["--run", str(run), "--report-rule", "opnet", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "matrices are not rotations" in err and "--project-rotations" in err and "bf16" in err
+    assert not (tmp_path / "a").exists()
+    assert S.main(["--run", str(run), "--report-rule", "opnet", "--project-rotations",
+                   "--out", str(tmp_path / "b")]) == 0
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["count_rotation"] == N and m["rotation_check"]["projected"] == int((deviation(bf16(R)) > 1e-3).sum())
+    assert m["geodesic_deg"] < math.degrees(3 * 2 ** -9) and m["count_translation"] == 0 and "tx_mm" not in m
+    assert m["source"]["project_rotations"] is True
+
+
+def test_rescore_a_run_with_a_nan_prediction(syn, tmp_path, capsys):
+    """A run whose model output NaN for one sample: named, exit 2; --allow-nonfinite records it."""
+    _, ids, R, t = syn
+    pred_R, pred_t = R.clone(), t.clone()
+    pred_R[3, 1, 1] = float("nan")
+    pred_t[3] = float("nan")
+    run = run_dir_with(tmp_path, ids, pred_R, R, t, pred_t)
+    assert S.main(["--run", str(run), "--out", str(tmp_path / "a")]) == 2
+    assert repr(ids[3]) in capsys.readouterr().err
+    assert S.main(["--run", str(run), "--allow-nonfinite", "--out", str(tmp_path / "b")]) == 0
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["count_rotation"] == N - 1 and m["count_translation"] == N - 1 and m["num_samples"] == N - 1
+    assert m["ids"]["left_out"]["rotation"]["ids"] == [ids[3]] == m["ids"]["left_out"]["translation"]["ids"]
+    assert m["geodesic_deg"] == pytest.approx(0.0, abs=1e-3) and m["mae_t_mm"] == pytest.approx(0.0, abs=1e-3)
