@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from functools import partial
 from typing import Any, Callable, Mapping
 
@@ -267,15 +268,34 @@ class HeadPoseModule(L.LightningModule):
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
+        scheduler = self._build_scheduler(optimizer, int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _build_scheduler(self, optimizer, total_steps: int):
         kwargs = {}
         target = getattr(self.scheduler_factory, "func", self.scheduler_factory)
         params = inspect.signature(target).parameters
         if "total_steps" in params:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            kwargs["total_steps"] = int(total_steps)
         if "samples_per_step" in params:
             kwargs["samples_per_step"] = global_batch_size(self.trainer)
-        scheduler = self.scheduler_factory(optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.scheduler_factory(optimizer, **kwargs)
+
+    def replan_schedule(self, total_steps: int) -> None:
+        """Rebuild the LR schedule for a run of ``total_steps`` optimizer steps, at the step it has reached
+        (``callbacks.TimeBudget``: the demo's length fitted to the measured step time). The schedule's shape
+        is kept, stretched or shrunk to the new length; the steps already taken are replayed so that the
+        learning rate continues from the new schedule's value at this step."""
+        configs = self.trainer.lr_scheduler_configs if self.scheduler_factory is not None else []
+        if not configs:
+            return
+        old = configs[0].scheduler
+        with warnings.catch_warnings():  # replaying steps is not an optimizer step skipped
+            warnings.simplefilter("ignore", UserWarning)
+            new = self._build_scheduler(old.optimizer, total_steps)
+            for _ in range(max(0, int(old.last_epoch))):
+                new.step()
+        configs[0].scheduler = new
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         if self.grad_clip_max_norm is None:

@@ -129,6 +129,9 @@ def run(cfg: DictConfig) -> float | None:
         record = metrics_record(cfg, module.test_results, target.euler_rule)
         record["protocol"] = PT.card(target, record.get(NUM_SAMPLES))
         record["checkpoint"] = checkpoint
+        budget = next((cb.plan for cb in trainer.callbacks if getattr(cb, "plan", None)), None)
+        if budget:  # callbacks.TimeBudget: the run length fitted to the measured step time
+            record["time_budget"] = budget
         WL.log_test(trainer, target.name, record, module.test_frame)  # test/<protocol>/<metric>: W&B + CSV
         first = record if first is None else first
         if trainer.is_global_zero:
