@@ -32,7 +32,7 @@ from ..deploy.spec import POSE_OUTPUTS, ExportSpec
 from ..schema import NUM_LANDMARKS
 from . import register_model
 from .backbones import create_backbone
-from .mixed_precision import autocast_off
+from .mixed_precision import autocast_off, to_float32
 from .trg_parts import local_frame, params_to_translation
 
 ROTATION_FRAMES = ("camera", "ray")
@@ -82,7 +82,7 @@ class DirectRegression(nn.Module):
         # Under mixed precision only the backbone runs in autocast: the heads and every output geometry are
         # float32, so R stays a rotation (mixed_precision.autocast_off).
         with autocast_off(feats):
-            return self._heads(feats.float(), inputs)
+            return self._heads(to_float32(feats), inputs)
 
     def _heads(self, feats: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         if self.use_bbox_info:

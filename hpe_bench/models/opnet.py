@@ -31,7 +31,7 @@ from ..codecs import opnet as codec
 from ..deploy.spec import ExportSpec
 from . import register_model
 from .backbones import create_backbone
-from .mixed_precision import autocast_off
+from .mixed_precision import autocast_off, to_float32
 
 N_POINTS = 68
 N_SHAPE = 50  # 40 identity + 10 expression coefficients of BFM68
@@ -263,7 +263,7 @@ class OpNet(nn.Module):
         # Under mixed precision only the backbone runs in autocast: the linear heads, their maps and the codec
         # are float32, so the quaternion, R and the landmarks are not rounded to bfloat16.
         with autocast_off(feats):
-            return self._heads(feats.float(), inputs)
+            return self._heads(to_float32(feats), inputs)
 
     def _heads(self, feats: Tensor, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         z = self.quat_head(feats)

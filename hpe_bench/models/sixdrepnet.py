@@ -18,7 +18,7 @@ from .. import geometry as G
 from ..deploy.spec import POSE_OUTPUTS, ExportSpec
 from . import register_model
 from .backbones import create_backbone
-from .mixed_precision import autocast_off
+from .mixed_precision import autocast_off, to_float32
 
 
 @register_model("sixdrepnet")
@@ -51,4 +51,4 @@ class SixDRepNet(nn.Module):
     def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         feats = self.dropout(self.backbone(inputs["image"]))
         with autocast_off(feats):  # the head and the matrix in float32 under mixed precision
-            return {"R": G.sixd_to_matrix(self.head(feats.float()))}  # (B, 6) -> (B, 3, 3)
+            return {"R": G.sixd_to_matrix(self.head(to_float32(feats)))}  # (B, 6) -> (B, 3, 3)

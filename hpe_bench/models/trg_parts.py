@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import geometry as G
-from .mixed_precision import autocast_off
+from .mixed_precision import autocast_off, to_float32
 
 FACE_SIZE = 0.2  # metres: the face is modelled inside a 0.2 m x 0.2 m box (paper Sec. 3.4)
 TRANSLATION_RULES = ("correction", "camera_offset", "local_to_global", "direct")
@@ -184,7 +184,7 @@ class FaceRegressor(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         h = self.trunk(x)
         with autocast_off(h):  # the heads' last layers in float32 under mixed precision: dV, dpose unrounded
-            h = h.float()
+            h = to_float32(h)  # float64 runs stay float64
             dV = None if self.vertex_head is None else self.vertex_head(h).view(-1, self.n_vertices, 3)
             return dV, self.pose_head(h)
 
