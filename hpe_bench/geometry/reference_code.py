@@ -37,7 +37,7 @@ __all__ = [
     "opnet_code_window", "crop_window_maps", "opnet_code_resize_weights", "opnet_code_crop", "warp_crop",
     "box_features_reference", "reference_point",
     "normalize_sampling_points", "heatmap_cell_positions", "SIXD_FROM_ROW_MAJOR", "sixd_from_row_major",
-    "sixd_to_row_major", "grid_order_permutation",
+    "sixd_to_row_major", "grid_order_permutation", "TRG_CODE_OFFSET_SCALE", "TRG_CODE_BBOX_CENTRE_SCALE",
 ]
 
 CROP_MAPPINGS = ("corner", "pixel_edge", "trg_code")
@@ -238,6 +238,13 @@ def heatmap_cell_positions(cells: int, size: int, rule: str = "linspace", dtype=
     px = torch.arange(cells, dtype=torch.float64, device=device) * (size / cells)
     return (px * (2.0 / (size - 1)) - 1.0).to(dtype)
 
+
+TRG_CODE_OFFSET_SCALE = 2.0
+"""The TRG code's box offsets ``(dx, dy)`` are this times the paper's (hpe_bench's ``translation_params``): the code
+writes ``Tx = 0.1 s dx + 0.2 s tau_x / b`` where the paper writes ``0.2 s dx``. TRG regresses and feeds back the
+code's values (``models/trg.py``), so Adam steps them as the authors' training does."""
+TRG_CODE_BBOX_CENTRE_SCALE = 4.0
+"""The TRG code's I_bbox centre entries are this times ``box_features``' ``tau / f`` (``b / f`` is unscaled)."""
 
 SIXD_FROM_ROW_MAJOR = (0, 2, 4, 1, 3, 5)
 """hpe_bench 6D index j (columns: R00, R10, R20, R01, R11, R21) = TRG code's index ``SIXD_FROM_ROW_MAJOR[j]``
