@@ -250,8 +250,12 @@ def clip_inf_by_hand(grads: Mapping, max_norm: float = 0.1) -> dict:
 
 def adam_state(grads: Mapping, seed: int = 5) -> dict:
     """A seeded Adam state per parameter, sized like the gradients so the step depends on the gradient's scale:
-    exp_avg = g x U(-1, 1), exp_avg_sq = (|g| x U(0.5, 2))^2 + (1e-3 max |g|)^2, step ``ADAM_STEP``."""
+    exp_avg = g x U(-1, 1), exp_avg_sq = (|g| x U(0.5, 2))^2 + (1e-3 s)^2, step ``ADAM_STEP``, with s the median
+    over the tensors of max |g|. The floor keeps a gradient that is 0 up to rounding (TRG's heatmap bias: the
+    soft-argmax ignores a constant per heatmap, |g| ~ 1e-19) from being normalised into an O(lr) step of noise."""
     gen = torch.Generator().manual_seed(seed)
+    tops = [float(g.abs().max()) for g in grads.values() if g is not None and float(g.abs().max()) > 0]
+    floor = (1e-3 * float(np.median(tops))) ** 2
     state = {}
     for name in sorted(grads):
         g = grads[name]
@@ -259,8 +263,7 @@ def adam_state(grads: Mapping, seed: int = 5) -> dict:
             continue
         u1 = torch.rand(g.shape, generator=gen, dtype=D) * 2 - 1
         u2 = 0.5 + 1.5 * torch.rand(g.shape, generator=gen, dtype=D)
-        state[name] = {"step": float(ADAM_STEP), "exp_avg": g * u1,
-                       "exp_avg_sq": (g.abs() * u2).square() + (1e-3 * g.abs().max()).square()}
+        state[name] = {"step": float(ADAM_STEP), "exp_avg": g * u1, "exp_avg_sq": (g.abs() * u2).square() + floor}
     return state
 
 
