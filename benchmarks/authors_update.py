@@ -71,9 +71,9 @@ def fix2():
     # clipping on in both trees, so only the box terms' masking differs
     update, expected, loss, terms = opnet_step(kinds, "model.grad_clip_max_norm=0.1", "model.grad_clip_norm_type=inf")
     dev, name = worst(update, expected, "net.box_head")
-    return (f"OpNet 5 pose+landmark + 3 2D-only (clipping on): roi / authors' box {terms['roi'] / float(loss['box']):.4f}, "
-            f"nll_roi / authors' nllbox {terms['nll_roi'] / float(loss['nllbox']):.4f}, box_head update deviation "
-            f"{dev:.3g} ({name})")
+    return (f"OpNet 5 pose+landmark + 3 2D-only (clipping on): roi / authors' box "
+            f"{terms['roi'] / float(loss['box']):.4f}, nll_roi / authors' nllbox "
+            f"{terms['nll_roi'] / float(loss['nllbox']):.4f}, box_head update deviation {dev:.3g} ({name})")
 
 
 def importer_scales():
@@ -130,8 +130,7 @@ def fix3_step():
         w, p = f"net.regressors.{i}.trunk.0.weight", f"net.regressors.{i}.pose_head.weight"
         devs += [float((update[w][:, -5:-1] - expected[w][:, -5:-1]).abs().max() / expected[w][:, -5:-1].abs().max()),
                  float((update[p][7:9] - expected[p][7:9]).abs().max() / expected[p][7:9].abs().max())]
-    rest = worst({k: v for k, v in update.items()}, {k: v for k, v in expected.items()
-                                                     if "trunk.0.weight" not in k and "pose_head" not in k})
+    rest = worst(update, {k: v for k, v in expected.items() if "trunk.0.weight" not in k and "pose_head" not in k})
     return (f"TRG one step, 4 ARKitFace-like samples: dx/dy/tau entries' update deviation {max(devs):.3g}; "
             f"every other tensor {rest[0]:.3g}")
 
@@ -139,8 +138,8 @@ def fix3_step():
 def fix4():
     update, expected, loss, terms = trg_step(["full", "2d", "full", "2d", "full", "2d"], box_shift=3)
     dev, name = worst(update, expected, "net.heatmap.weight")
-    return (f"TRG 3 ARKitFace-like + 3 300W-LP-like: landmarks / authors' lmk68 {terms['landmarks'] / float(loss['lmk68']):.4f}, "
-            f"heatmap conv update deviation {dev:.3g} ({name})")
+    return (f"TRG 3 ARKitFace-like + 3 300W-LP-like: landmarks / authors' lmk68 "
+            f"{terms['landmarks'] / float(loss['lmk68']):.4f}, heatmap conv update deviation {dev:.3g} ({name})")
 
 
 def fix5():

@@ -74,8 +74,8 @@ def build_module(*overrides: str):
     """``HeadPoseModule`` of a composed config (no augmentation, no LR schedule, no recipe callbacks: the update
     rule of one step at the optimizer's lr is under test), in float64."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose("config", overrides=["++model.scheduler=null", "++model.callbacks=null", "++model.total_samples=null",
-                                           *overrides])
+        cfg = compose("config", overrides=["++model.scheduler=null", "++model.callbacks=null",
+                                           "++model.total_samples=null", *overrides])
     torch.manual_seed(0)  # the initial weights
     module = instantiate(cfg.model, loss=instantiate(cfg.loss), augment=None)
     return module.double(), cfg
@@ -236,7 +236,8 @@ def forward_and_grads(module, batch: Mapping, loss_fn: Callable, extra: Callable
     pred = module.net(inputs)
     loss = loss_fn(pred, inputs)
     loss["total"].backward()
-    grads = {f"net.{n}": (None if p.grad is None else p.grad.detach().clone()) for n, p in module.net.named_parameters()}
+    grads = {f"net.{n}": (None if p.grad is None else p.grad.detach().clone())
+             for n, p in module.net.named_parameters()}
     info = hooks(pred, inputs) if hooks is not None else None
     return grads, {k: v.detach() for k, v in loss.items()}, info
 

@@ -39,10 +39,7 @@ def lmk68_rule(cases, case) -> float:
 
 def expected_term(cases, ref, case, term) -> float:
     """The authors' logged value of ``term``; ``landmarks`` by the corrected rule (the two agree on case A)."""
-    return lmk68_rule(cases, case) if term == "landmarks" else float(ref[f"logged/{TRG_NAME[term]}"])
-
-
-TRG_NAME = AUTHORS
+    return lmk68_rule(cases, case) if term == "landmarks" else float(ref[f"logged/{AUTHORS[term]}"])
 
 
 def test_lmk68_rule_is_the_authors_without_300wlp_samples(cases):
