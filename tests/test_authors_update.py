@@ -204,6 +204,23 @@ def test_opnet_decode_on_a_161_by_160_window():
     torch.testing.assert_close(out["R"], torch.eye(3, dtype=D)[None])  # axis-aligned scaling: no rotation
 
 
+def test_affine_scale_and_rotation_by_hand():
+    """geometry's rules for the crop map: on a similarity s R(30 deg) (and its mirror) the scale s and the
+    rotation R (det -1 with the mirror); on diag(kx, ky) the RMS sqrt((kx^2 + ky^2) / 2) and no rotation."""
+    c, s_ = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    rot = torch.tensor([[2 * c, -2 * s_, 5.0], [2 * s_, 2 * c, -1.0], [0, 0, 1]], dtype=D)
+    mirror = rot @ torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=D))
+    diag = torch.tensor([[0.8, 0, 3.0], [0, 0.805, 4.0], [0, 0, 1]], dtype=D)
+    A = torch.stack([rot, mirror, diag])
+    torch.testing.assert_close(G.affine_size_scale(A), torch.tensor([2.0, 2.0, math.sqrt((0.8 ** 2 + 0.805 ** 2) / 2)],
+                                                                     dtype=D))
+    Q = G.affine_rotation(A)
+    torch.testing.assert_close(Q[0, :2, :2], torch.tensor([[c, -s_], [s_, c]], dtype=D))
+    torch.testing.assert_close(Q[1, :2, :2], torch.tensor([[-c, -s_], [-s_, c]], dtype=D))
+    torch.testing.assert_close(Q[2], torch.eye(3, dtype=D))
+    torch.testing.assert_close(Q[:2], G.similarity_rotation(A[:2]))
+
+
 # -- one step, per model family -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def opnet_step():
