@@ -30,7 +30,7 @@ Both directions use the same two facts, so a label encoded and decoded again is 
    AFLW2000-3D: weak-perspective labels) use ``R`` as is, in both directions.
 
 Every crop, intrinsics and frame rule comes from ``hpe_bench.geometry`` (``crop_to_normalized`` and its
-``normalized_per_crop_pixel``, ``apply_transform_2d``, ``similarity_scale`` / ``similarity_rotation`` of the crop
+``normalized_per_crop_pixel``, ``apply_transform_2d``, ``affine_size_scale`` / ``affine_rotation`` of the crop
 map, ``ray_rotation``, ``project_points``); this module only adds OpNet's own quantities (the head-size prior,
 the BFM68 origin).
 """
@@ -122,6 +122,8 @@ def encode(batch: Mapping[str, Any], inputs: Mapping[str, Tensor], unit_m: float
             intrinsics (the fallback where ``has_K (B,)`` is False), ``image (B, C, S, S)`` (only its side S).
     Returns ``quat (B, 4)``, ``coord (B, 3)``, ``roi (B, 4)``, ``landmarks_crop (B, 68, 3)``,
     ``shape_params (B, 50)``, each with ``has_<key> (B,)``, and ``has_landmarks_crop_z (B,)``; float32.
+    ``has_roi`` is ``has_landmarks_crop_z`` (the samples with pose, position and 3D landmarks: the authors' only
+    tag with a box term), although every sample carries a box.
 
     - coord: ``head_2d`` where given, else from ``K`` (calibrated only), ``R`` and ``t`` with the head-size prior.
     - quat: ``R`` in the crop frame (perspective-corrected where ``has_K``; through the head position, or the
@@ -138,7 +140,10 @@ def encode(batch: Mapping[str, Any], inputs: Mapping[str, Tensor], unit_m: float
     get = lambda k: batch[k].to(device=dev, dtype=dt)  # noqa: E731
     has = lambda k: batch[f"has_{k}"].to(device=dev, dtype=torch.bool)  # noqa: E731
     has_K = has_K.to(device=dev, dtype=torch.bool)
-    s_A, unit = G.similarity_scale(A), G.normalized_per_crop_pixel(S)
+    # Sizes scale by the RMS of the crop map's axis scales, depths by sqrt|det|, as the OpNet code transforms
+    # coord and points (equal for the square crops; the code's integer windows can be 1 px from square).
+    s_A, unit = G.affine_size_scale(A), G.normalized_per_crop_pixel(S)
+    s_z = G.det2(A[:, :2, :2]).abs().sqrt()
     out: dict[str, Tensor] = {}
 
     # --- coord: full-image pixels first (needed for the rotation's ray), then the crop.
@@ -157,7 +162,7 @@ def encode(batch: Mapping[str, Any], inputs: Mapping[str, Tensor], unit_m: float
     uv = torch.where(has_coord[:, None], coord_px[:, :2], crop_centre)
     R = get("R")
     R_local = torch.where(has_K[:, None, None], G.ray_rotation(K, uv).transpose(-1, -2) @ R, R)
-    R_crop = G.similarity_rotation(A) @ R_local
+    R_crop = G.affine_rotation(A) @ R_local
     out["quat"] = G.matrix_to_quat(R_crop)
     out["has_quat"] = has("R")
 
@@ -165,15 +170,18 @@ def encode(batch: Mapping[str, Any], inputs: Mapping[str, Tensor], unit_m: float
     box = get("box")
     corners = torch.stack([box[:, [0, 1]], box[:, [2, 1]], box[:, [2, 3]], box[:, [0, 3]]], 1)
     out["roi"] = G.box_from_points(_to_crop(corners, A, S))
-    out["has_roi"] = torch.ones(B, dtype=torch.bool, device=dev)
 
     # --- landmarks
     has3, has2 = has("landmarks_3d"), has("landmarks_2d")
     lm3, lm2 = get("landmarks_3d"), get("landmarks_2d")
     xy = torch.where(has3[:, None, None], lm3[..., :2], lm2)
     xy = _to_crop(xy, A, S)
-    z = lm3[..., 2] * (s_A * unit)[:, None]
+    z = lm3[..., 2] * (s_z * unit)[:, None]
     use_z = has3 & out["has_quat"] & has_coord
+    # Every sample has a box, but the authors train box / nllbox only on their POSE_WITH_LANDMARKS tag (pose,
+    # position and 3D landmarks: RA-300W-LP, WFLW-LP, LaPa-LP); pose-only (BIWI) and 2D-landmark samples (Face
+    # Synthetics) do not see it (shared/reference/losses/opnet_loss_cases.md, "Tags").
+    out["has_roi"] = use_z
     posed_mean = (_bfm_mean().to(device=dev) @ R_crop.transpose(-1, -2))[..., 2].mean(-1) * out["coord"][:, 2]
     z = z - z.mean(-1, keepdim=True) + posed_mean[:, None]
     z = torch.where(use_z[:, None], z, torch.zeros_like(z))
@@ -211,9 +219,12 @@ def decode(out: Mapping[str, Tensor], inputs: Mapping[str, Tensor], unit_m: floa
     xy = _to_full(coord[:, None, :2], A, S)[:, 0]
     # smoothclip keeps size > 0 but an untrained head can underflow it to 0 (depth inf): floor it at 0.5 % of
     # the crop (a head radius of ~0.3 crop pixel), far below any real face, so every prediction stays finite.
-    size = coord[:, 2].clamp_min(MIN_CROP_SIZE) / (G.similarity_scale(A) * G.normalized_per_crop_pixel(S))
+    # Back to image px: x with the window's width scale, y with its height scale (inverse of A), size with the RMS
+    # of the two, as the OpNet code maps predictions back (its windows can be 1 px from square).
+    size = (coord[:, 2].clamp_min(MIN_CROP_SIZE) * G.affine_size_scale(torch.linalg.inv(A))
+            / G.normalized_per_crop_pixel(S))
     coord_px = torch.cat([xy, size[:, None]], -1)
-    R_local = G.similarity_rotation(A).transpose(-1, -2) @ R_crop
+    R_local = G.affine_rotation(A).transpose(-1, -2) @ R_crop
     R = torch.where(has_K[:, None, None], G.ray_rotation(K, xy) @ R_local, R_local)
     t = translation_from_head_coord(R, coord_px, K, unit_m, origin_m)
     cam = {"R": R.to(out_dtype), "t": t.to(out_dtype), "coord_px": coord_px.to(out_dtype)}

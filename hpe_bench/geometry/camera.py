@@ -24,6 +24,7 @@ __all__ = [
     "crop_images", "ray_rotation", "depth_relative_points", "crop_to_normalized", "normalized_to_crop",
     "normalized_per_crop_pixel",
     "similarity_transform", "det2", "similarity_scale", "similarity_rotation", "similarity_camera", "similarity_pose",
+    "affine_size_scale", "affine_rotation",
     "apply_similarity_3d",
     "transform_boxes", "box_features",
 ]
@@ -65,8 +66,9 @@ def intrinsics_from_fov(fov_x_deg: Tensor, width: int, height: int, cx: Tensor |
 def fallback_intrinsics(width: int, height: int, dtype=torch.float32) -> Tensor:
     """Intrinsics for images that come without them: ``f = W + H``, principal point ``(W/2, H/2)``.
 
-    This is the rule the TRG authors use for in-the-wild images; metric translation is then only
-    relative. Datasets that use it mark ``K`` as unavailable for metrics.
+    hpe_bench's own rule (a field of view of about 53 deg for a square image); metric translation is then only
+    relative. Datasets that use it mark ``K`` as unavailable for metrics. It is not TRG's: TRG-Release uses
+    ``f = 5000`` px and the image centre for 300W-LP and in its demo (docs/reproducing.md, "TRG").
     """
     f = torch.tensor(float(width + height), dtype=dtype)
     return make_intrinsics(f, f, torch.tensor(width / 2.0, dtype=dtype), torch.tensor(height / 2.0, dtype=dtype))
@@ -245,6 +247,34 @@ def similarity_rotation(S: Tensor, scale: Tensor | None = None) -> Tensor:
     Q3 = torch.zeros_like(S)
     Q3[..., :2, :2] = S[..., :2, :2] / s[..., None, None]
     Q3[..., 2, 2] = 1.0
+    return Q3
+
+
+def affine_size_scale(A: Tensor) -> Tensor:
+    """Factor ``(...,)`` by which the affine image map ``A (..., 3, 3)`` scales a length without direction (OpNet's
+    head size): the RMS of its axis scales, ``||A_2x2||_F / sqrt(2)``, as OpNet's code scales its ``coord`` size
+    (``Affine2d.scales``). ``similarity_scale`` for a similarity; ``sqrt((kx^2 + ky^2) / 2)`` for the axis-aligned
+    ``diag(kx, ky)`` of a window one pixel taller than wide (``crop_window_maps``, ``"pixel_edge"``)."""
+    return A[..., :2, :2].square().sum((-2, -1)).div(2.0).sqrt()
+
+
+def affine_rotation(A: Tensor) -> Tensor:
+    """``Q3 = blockdiag(Q, 1) (..., 3, 3)`` with ``Q`` the orthogonal polar factor of ``A``'s 2x2 part (the rotation,
+    or reflection when ``det < 0``, nearest to it), in closed form. Equals ``similarity_rotation`` for a similarity
+    and is the identity for an axis-aligned scaling ``diag(kx, ky)`` (kx, ky > 0), where ``similarity_rotation``
+    refuses ``A``: the OpNet code rotates its labels by the angle ``atan2(-A01, A11)``, 0 there too."""
+    M = A[..., :2, :2]
+    a, b, c, d = M[..., 0, 0], M[..., 0, 1], M[..., 1, 0], M[..., 1, 1]
+    reflect = (a * d - b * c) < 0
+    # rotation s [[cos, -sin], [sin, cos]]: (a + d, c - b) = 2 s (cos, sin); reflection s [[cos, sin], [sin, -cos]]:
+    # (a - d, b + c) = 2 s (cos, sin)
+    x, y = torch.where(reflect, a - d, a + d), torch.where(reflect, b + c, c - b)
+    n = torch.sqrt(x * x + y * y)
+    cs, sn = x / n, y / n
+    Q3 = torch.zeros(A.shape[:-2] + (3, 3), dtype=A.dtype, device=A.device)
+    Q3[..., 0, 0], Q3[..., 1, 0], Q3[..., 2, 2] = cs, sn, 1.0
+    Q3[..., 0, 1] = torch.where(reflect, sn, -sn)
+    Q3[..., 1, 1] = torch.where(reflect, -cs, cs)
     return Q3
 
 

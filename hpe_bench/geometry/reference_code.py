@@ -14,9 +14,12 @@ hpe_bench's (OpenCV: pixel centres on integers):
 - ``"pixel_edge"`` (OpNet code): the square of side ``scale * max(w, h)`` about the box centre, computed in
   pixel-EDGE coordinates (pixel j spans [j, j + 1)), corners rounded half to even to integers: an integer
   slice of the image (zeros outside). Its pixel edges map onto the crop's pixel edges (warp
-  ``x' = (x + 0.5 - X0) S / w - 0.5``). The network reads ``x_norm = 2 u / S - 1`` with ``u`` the crop's
-  pixel-edge coordinate; the frame map is the one for which ``crop_to_normalized(A x, S)`` is that ``x_norm``:
-  ``A = crop_transform(window - 0.5, S - 1)`` for a square window.
+  ``x' = (x + 0.5 - X0) S / w - 0.5``, y alike with h). The network reads ``x_norm = 2 u / S - 1`` with ``u`` the
+  crop's pixel-edge coordinate; the frame map is the one for which ``crop_to_normalized(A x, S)`` is that
+  ``x_norm``: ``A = crop_transform(window - 0.5, S - 1)`` for a square window. Rounding can leave the window one
+  pixel taller or shorter than wide; the code then maps x with the width's scale and y with the height's (its
+  ``Affine2d.range_remap_2d``), so ``A`` is the axis-aligned ``diag((S - 1) / w, (S - 1) / h)`` map, not a
+  similarity, and sizes scale by the RMS of the two (``affine_size_scale``, the code's ``Affine2d.scales``).
 - ``"trg_code"`` (TRG code): window as ``"corner"``; frame ``crop_transform(window, S)`` (the code's ``K_img``,
   S / b) but the image is warped with ``crop_transform(window, S - 1)`` ((S - 1) / b: box corners on the
   centres of crop pixels 0 and S - 1), a mismatch of up to b / S image px at the far edge.
@@ -34,7 +37,7 @@ __all__ = [
     "opnet_code_window", "crop_window_maps", "opnet_code_resize_weights", "opnet_code_crop", "warp_crop",
     "box_features_reference", "reference_point",
     "normalize_sampling_points", "heatmap_cell_positions", "SIXD_FROM_ROW_MAJOR", "sixd_from_row_major",
-    "sixd_to_row_major", "grid_order_permutation",
+    "sixd_to_row_major", "grid_order_permutation", "TRG_CODE_OFFSET_SCALE", "TRG_CODE_BBOX_CENTRE_SCALE",
 ]
 
 CROP_MAPPINGS = ("corner", "pixel_edge", "trg_code")
@@ -69,12 +72,12 @@ def crop_window_maps(box: Tensor, scale: float, size: int, mapping: str = "corne
         z, o = torch.zeros_like(sx), torch.ones_like(sx)
         warp = torch.stack([sx, z, (0.5 - edge[..., 0]) * sx - 0.5, z, sy, (0.5 - edge[..., 1]) * sy - 0.5,
                             z, z, o], -1).reshape(box.shape[:-1] + (3, 3))
-        # Frame: the code's x_norm = 2 (x_edge - X0) / w - 1 (and y alike). Rounding can make the window one
-        # pixel taller or shorter than wide; the frame then keeps the width's scale (the code's size rule,
-        # size_px = size w / 2) about the window centre, so A stays a similarity (<= 0.5 crop px off at the edges).
-        k = (size - 1) / w
-        cy = (edge[..., 1] + edge[..., 3]) / 2.0
-        frame = torch.stack([k, z, (0.5 - edge[..., 0]) * k, z, k, (0.5 - cy) * k + (size - 1) / 2.0, z, z, o],
+        # Frame: the code's x_norm = 2 (x_edge - X0) / w - 1 and y_norm = 2 (y_edge - Y0) / h - 1 (its
+        # range_remap_2d, one scale per axis), also when rounding leaves the window one pixel taller or shorter
+        # than wide: then A is not a similarity, and the OpNet codec scales sizes by the RMS of the two axis
+        # scales as the code does (geometry.affine_size_scale).
+        kx, ky = (size - 1) / w, (size - 1) / h
+        frame = torch.stack([kx, z, (0.5 - edge[..., 0]) * kx, z, ky, (0.5 - edge[..., 1]) * ky, z, z, o],
                             -1).reshape(box.shape[:-1] + (3, 3))
         return window, frame, warp
     if mapping not in ("corner", "trg_code"):
@@ -235,6 +238,13 @@ def heatmap_cell_positions(cells: int, size: int, rule: str = "linspace", dtype=
     px = torch.arange(cells, dtype=torch.float64, device=device) * (size / cells)
     return (px * (2.0 / (size - 1)) - 1.0).to(dtype)
 
+
+TRG_CODE_OFFSET_SCALE = 2.0
+"""The TRG code's box offsets ``(dx, dy)`` are this times the paper's (hpe_bench's ``translation_params``): the code
+writes ``Tx = 0.1 s dx + 0.2 s tau_x / b`` where the paper writes ``0.2 s dx``. TRG regresses and feeds back the
+code's values (``models/trg.py``), so Adam steps them as the authors' training does."""
+TRG_CODE_BBOX_CENTRE_SCALE = 4.0
+"""The TRG code's I_bbox centre entries are this times ``box_features``' ``tau / f`` (``b / f`` is unscaled)."""
 
 SIXD_FROM_ROW_MAJOR = (0, 2, 4, 1, 3, 5)
 """hpe_bench 6D index j (columns: R00, R10, R20, R01, R11, R21) = TRG code's index ``SIXD_FROM_ROW_MAJOR[j]``

@@ -7,9 +7,12 @@ Layout differences undone here (``shared/reference/checkpoints/README.md``), the
   ``laf_extractor.i.conv{0,1,2}`` (Conv1d, kernel 1) -> ``reducers.i.fc{1,2,3}`` (Linear), ``regressor.i.fc1/fc2/
   decshape/decpose`` -> ``regressors.i.trunk.0/trunk.2/vertex_head/pose_head``, ``predict_68_lmk.0`` -> ``heatmap``;
 - ``fc1`` input columns: point features channel-major (``c N + n``) -> point-major (``n 5 + c``); the first
-  iteration's 18x18 grid x-major -> y-major; 6D row-major -> column-major; the correction's ``dx, dy`` columns
-  x 2 (hpe_bench's offsets are the code's halved); I_bbox columns x (4, 4, 1) (the code scales tau / f by 4);
-- ``decpose`` rows: 6D permutation, ``dx, dy`` rows x 0.5;
+  iteration's 18x18 grid x-major -> y-major; 6D row-major -> column-major;
+- ``decpose`` rows: 6D permutation;
+- nothing is rescaled: hpe_bench's regressors keep the authors' parametrisation (their box offsets, 2 x the
+  paper's, and I_bbox with tau / f x 4 are fixed scales of ``ScaledLinear`` layers, ``TRG._authors_scales``), so
+  every weight is the authors' entry, permuted, and trains at the authors' rate under Adam;
+- ``parametrisation``: hpe_bench's marker buffer, set to the current ``TRG.PARAMETRISATION``;
 - constant buffers (``points_grid``, ``regressor.i.init_face`` / ``init_head_pose``) dropped: TRG rebuilds them
   from its assets; they are compared and the difference recorded.
 
@@ -32,6 +35,7 @@ N_ITER = 3
 _DECONV = {"0": "deconvs.0.0", "1": "deconvs.0.1", "3": "deconvs.1.0", "4": "deconvs.1.1", "6": "deconvs.2.0",
            "7": "deconvs.2.1"}
 _REGRESSOR = {"fc1": "trunk.0", "fc2": "trunk.2", "decshape": "vertex_head", "decpose": "pose_head"}
+MARKER = "parametrisation"  # hpe_bench's own buffer (models/trg.py), not in the authors' file
 
 
 def detect(keys: Iterable[str]) -> bool:
@@ -44,27 +48,25 @@ def build_net(variant: Mapping[str, Any] | None = None) -> torch.nn.Module:
     return TRG(pretrained=False, **(variant or {}))
 
 
-def _fc1_columns(n_points: int, grid: bool, n_in: int) -> tuple[Tensor, Tensor]:
-    """``(cols, scale)`` with hpe_bench fc1 column j = authors' column ``cols[j]`` times ``scale[j]``."""
+def _fc1_columns(n_points: int, grid: bool, n_in: int) -> Tensor:
+    """``cols`` with hpe_bench fc1 column j = the authors' column ``cols[j]`` (a permutation, no scaling)."""
     order = G.grid_order_permutation(GRID) if grid else torch.arange(n_points)
     feat = (torch.arange(5)[None, :] * n_points + order[:, None]).flatten()  # [n_p * 5 + c] -> c N + n_a
     cols = torch.cat([feat, torch.arange(5 * n_points, n_in)])  # then 915 vertex coordinates, 6D, c, I_bbox
     six = n_in - 12
     cols[six:six + 6] = six + torch.tensor(G.SIXD_FROM_ROW_MAJOR)
-    scale = torch.ones(n_in)
-    scale[six + 7:six + 9] = 2.0   # correction dx, dy: hpe_bench's are the code's halved
-    scale[six + 9:six + 11] = 4.0  # I_bbox tau / f: the code's are x 4
-    return cols, scale
+    return cols
 
 
-def _pose_rows() -> tuple[Tensor, Tensor]:
-    rows = torch.cat([torch.tensor(G.SIXD_FROM_ROW_MAJOR), torch.arange(6, 9)])
-    return rows, torch.tensor([1.0] * 7 + [0.5, 0.5])
+def _pose_rows() -> Tensor:
+    """``rows`` with hpe_bench decpose row j = the authors' row ``rows[j]``."""
+    return torch.cat([torch.tensor(G.SIXD_FROM_ROW_MAJOR), torch.arange(6, 9)])
 
 
 def convert(state: Mapping[str, Tensor], source: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Authors' TRG state_dict -> (hpe_bench ``TRG`` state_dict, import report)."""
-    ours = build_net().state_dict()
+    net = build_net()
+    ours = {k: v for k, v in net.state_dict().items() if k != MARKER}
     names = {k: _authors_name(k) for k in ours}
     expected = {names[k]: tuple(v.shape) + ((1,) if _is_conv1d(k) else ()) for k, v in ours.items()}
     expected["points_grid"] = (1, 2, GRID * GRID)
@@ -72,8 +74,8 @@ def convert(state: Mapping[str, Tensor], source: str) -> tuple[dict[str, Tensor]
         expected.update({f"regressor.{i}.init_face": (1, 1220, 3), f"regressor.{i}.init_head_pose": (1, 9)})
     check_layout(state, expected, source, "TRG-Release (3 iterations, 192 px)")
 
-    net_state: dict[str, Tensor] = {}
-    rows, row_scale = _pose_rows()
+    net_state: dict[str, Tensor] = {MARKER: torch.tensor(net.PARAMETRISATION)}
+    rows = _pose_rows()
     for k, v in ours.items():
         x = state[names[k]].float() if v.is_floating_point() else state[names[k]].to(v.dtype)
         if _is_conv1d(k):
@@ -81,12 +83,9 @@ def convert(state: Mapping[str, Tensor], source: str) -> tuple[dict[str, Tensor]
         elif k.endswith("trunk.0.weight"):
             i = int(k.split(".")[1])
             n_points = GRID * GRID if i == 0 else len(arkit_face()["subsample_305"])
-            cols, scale = _fc1_columns(n_points, i == 0, x.shape[1])
-            x = x[:, cols] * scale
-        elif k.endswith("pose_head.weight"):
-            x = x[rows] * row_scale[:, None]
-        elif k.endswith("pose_head.bias"):
-            x = x[rows] * row_scale
+            x = x[:, _fc1_columns(n_points, i == 0, x.shape[1])]
+        elif k.endswith("pose_head.weight") or k.endswith("pose_head.bias"):
+            x = x[rows]
         net_state[k] = x.to(v.dtype).contiguous()
     return net_state, {"variant": {}, "model_preset": "trg_code", "dropped_buffers": _compare_constants(state)}
 

@@ -36,9 +36,12 @@ The landmark labels follow the authors' two data pipelines, chosen per sample by
 - 3D-labelled samples (their ARKitFace pipeline): crop px ``x_c = (x - x0) S / b`` (``inputs["A"]``), confidence
   1 for every landmark, even outside the crop.
 - 2D-only samples (their 300W-LP pipeline, an OpenCV warp of the box onto ``0..S-1``): crop px
-  ``x_c (S - 1) / S``, confidence 1 only inside the crop ``[0, S)``; the network's heatmap landmarks are compared in
-  the same scaled units, the projected 5 landmarks are not (the authors' code; a perfect face leaves up to
-  ``2 / S`` there).
+  ``x_c (S - 1) / S``, confidence 1 only inside the crop ``[0, S)``.
+
+The predictions are never rescaled: the heatmap landmarks (the authors' raw soft-argmax output, crop px / S x 2 - 1)
+and the projected 5 landmarks (``x_c = (x - x0) S / b``) are compared with either pipeline's labels as they are, so
+on 2D-only samples a prediction on the project's label misses the authors' label by ``2 x_c / S^2`` per coordinate
+(up to ``2 / S`` at the far edge; the authors' code, ``shared/reference/losses/trg_loss_cases.md``, "Erratum").
 
 A sample without the 68 landmark labels has confidence 0 (and still counts in B). Deliberate departure: a batch
 with no labelled sample gives 0 for head, cam, rot and ``ed`` (the authors' edge term is NaN there, the mean of
@@ -175,8 +178,9 @@ class TRGCodeLoss(nn.Module):
             raw["ed"] = 3.0 * masked_mean(edge_length_error(V_iters[-1], V_gt, self.edges).mean(-1), has_v)
         if w["landmarks"] != 0 and "heatmap_landmarks" in pred:
             pred_c = G.normalized_to_crop(pred["heatmap_landmarks"], S)
-            # Both sides in the authors' units: 2 / S per crop px, times the 2D pipeline's (S - 1) / S.
-            err = ((_authors_normalized(pred_c * lm_scale, S) - _authors_normalized(lm_c * lm_scale, S))
+            # The authors compare their raw soft-argmax output (crop px / S x 2 - 1) with each pipeline's label,
+            # the 2D pipeline's made by OpenCV's (S - 1) / b warp: only the label carries lm_scale.
+            err = ((_authors_normalized(pred_c, S) - _authors_normalized(lm_c * lm_scale, S))
                    .abs() * lm_conf.unsqueeze(-1)).mean((-2, -1))
             raw["landmarks"] = err.sum() / B
 

@@ -19,6 +19,7 @@ feature map covering the crop (its first/last cell centres at -1/+1). All other 
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -33,6 +34,7 @@ from .mixed_precision import autocast_off, full_precision
 from .trg_parts import (FACE_SIZE, TRANSLATION_RULES, FaceRegressor, PointReduction, deconv_block, local_frame,
                         params_to_translation, sample_features, soft_argmax)
 
+log = logging.getLogger(__name__)
 SAMPLING = ("projected", "grid")
 BBOX_INFO = {"full": 3, "no_size": 2, "none": 0}  # Table 7: I_bbox, I_bbox without b/f, no I_bbox
 
@@ -64,6 +66,10 @@ class TRG(nn.Module):
             ``grid_sample(align_corners=True)``) or ``"size"`` (``p / S``: the TRG code, for its released weights).
         heatmap_cells: ``"linspace"`` (heatmap cell centres span the crop) or ``"trg_code"`` (cell k at crop
             pixel ``k S / 48``, as the TRG code's soft-argmax). Both: ``geometry.reference_code``, ``model=trg_code``.
+
+    Parametrisation: the regressors' weights are the authors' entries (``_authors_scales``), so Adam trains them
+    at the authors' rates; the state dict carries ``parametrisation`` (``PARAMETRISATION``), and one written
+    before it is converted on load.
     """
 
     def __init__(self, iterations: int = 3, pretrained: bool = False, multiscale: bool = True,
@@ -124,13 +130,53 @@ class TRG(nn.Module):
         self.reducers = nn.ModuleList([PointReduction(channels) for _ in range(self.iterations)])
         self.regressors = nn.ModuleList([
             FaceRegressor(5 * n + state, mean.shape[0] if self.geometry else 0, hidden, dropout) for n in n_points])
-        if translation == "correction":
-            # The authors' box offsets are twice ours (their 0.1 s dx is the paper's 0.2 s dx): halving the dx, dy
-            # rows of their init gives the initial function the authors' distribution.
-            with torch.no_grad():
-                for reg in self.regressors:
-                    reg.pose_head.weight[7:9] *= 0.5
-                    reg.pose_head.bias[7:9] *= 0.5
+        for reg in self.regressors:
+            self._authors_scales(reg)
+        # Marks the parametrisation of the state dict (the key is absent from checkpoints written before it).
+        self.register_buffer("parametrisation", torch.tensor(self.PARAMETRISATION), persistent=True)
+
+    PARAMETRISATION = 2
+    """2: the regressors' weights are the authors' entries (issue 19). 1 (a state dict without ``parametrisation``):
+    they acted on and returned the paper's units (dx, dy and I_bbox's tau / f unscaled); ``_load_from_state_dict``
+    converts such a state dict to the same function."""
+
+    def _authors_scales(self, reg: nn.Module) -> None:
+        """Fixed scales between the authors' regressor and the paper's units (``ScaledLinear``).
+
+        Adam's step is per entry and ignores a rescaling of an input or output, so a weight that acts on half the
+        authors' value trains at another rate than theirs even where the function is the same. The authors'
+        regressor reads and writes the box offsets as ``TRG_CODE_OFFSET_SCALE`` x the paper's (dx, dy) and reads
+        I_bbox's centre terms x ``TRG_CODE_BBOX_CENTRE_SCALE``; scaling the first layer's inputs and the pose head's
+        dx, dy outputs by those constants keeps every weight the authors' entry, initialised as theirs (PyTorch's
+        default draws), while ``translation_params_iters`` and ``bbox_info`` stay in the paper's units.
+        """
+        first, n_info = reg.trunk[0], BBOX_INFO[self.bbox_info]
+        info0 = first.in_features - n_info  # the regressor input ends with (6D, p, I_bbox)
+        if self.translation == "correction":
+            first.in_scale[info0 - 2:info0] = G.TRG_CODE_OFFSET_SCALE
+            reg.pose_head.out_scale[7:9] = 1.0 / G.TRG_CODE_OFFSET_SCALE
+        first.in_scale[info0:info0 + min(n_info, 2)] = G.TRG_CODE_BBOX_CENTRE_SCALE
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "parametrisation"
+        if key not in state_dict and any(k.startswith(prefix + "regressors.") for k in state_dict):
+            # Written before issue 19: W_old x = out_scale (W_new (in_scale x)) gives W_new = W_old / (out in).
+            # (state_dict is load_state_dict's own copy; the caller's tensors are not modified.)
+            log.info("TRG state dict without 'parametrisation' (written before issue 19): converting the "
+                     "regressors to the authors' parametrisation (same function)")
+            for i, reg in enumerate(self.regressors):
+                for name, layer in (("trunk.0", reg.trunk[0]), ("pose_head", reg.pose_head)):
+                    w, b = f"{prefix}regressors.{i}.{name}.weight", f"{prefix}regressors.{i}.{name}.bias"
+                    if w in state_dict:
+                        v = state_dict[w]
+                        state_dict[w] = (v / layer.out_scale.to(v)[:, None] / layer.in_scale.to(v)[None, :]).to(v.dtype)
+                    if b in state_dict:
+                        v = state_dict[b]
+                        state_dict[b] = (v / layer.out_scale.to(v)).to(v.dtype)
+            state_dict[key] = torch.tensor(self.PARAMETRISATION)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @full_precision
     def sampling_points(self, vertices: Tensor, R: Tensor, t: Tensor, K_crop: Tensor, size: int) -> Tensor:

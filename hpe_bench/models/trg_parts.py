@@ -162,19 +162,38 @@ class PointReduction(nn.Module):
         return h.flatten(1)
 
 
+class ScaledLinear(nn.Linear):
+    """``nn.Linear`` between fixed per-feature scales: ``forward(x) = (W (x in_scale) + b) out_scale``.
+
+    The scales are non-persistent buffers (ones by default; the state dict holds ``weight`` and ``bias`` only).
+    TRG uses them to keep its weights in the authors' parametrisation while the state it regresses stays in the
+    paper's units: Adam's step is per entry and ignores a rescaling of the inputs or outputs, so only weights that
+    are the authors' entries train at the authors' rates (``models/trg.py``, docs/reproducing.md).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias)
+        self.register_buffer("in_scale", torch.ones(in_features), persistent=False)
+        self.register_buffer("out_scale", torch.ones(out_features), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x * self.in_scale, self.weight, self.bias) * self.out_scale
+
+
 class FaceRegressor(nn.Module):
     """Linear -> 1024 -> Dropout -> Linear 1024 -> Dropout (no activation, as in the reference), two heads.
 
     ``forward(x (B, n_in)) -> (dV (B, n_vertices, 3) or None when n_vertices = 0, dpose (B, 9) = (d6D, dp))``.
+    The first layer and the pose head are ``ScaledLinear`` (scales set by ``TRG``).
     """
 
     def __init__(self, n_in: int, n_vertices: int = 1220, hidden: int = 1024, dropout: float = 0.5):
         super().__init__()
         self.n_vertices = n_vertices
-        self.trunk = nn.Sequential(nn.Linear(n_in, hidden), nn.Dropout(dropout),
+        self.trunk = nn.Sequential(ScaledLinear(n_in, hidden), nn.Dropout(dropout),
                                    nn.Linear(hidden, hidden), nn.Dropout(dropout))
         self.vertex_head = nn.Linear(hidden, n_vertices * 3) if n_vertices else None
-        self.pose_head = nn.Linear(hidden, 9)
+        self.pose_head = ScaledLinear(hidden, 9)
         # Small head weights: the first iterations start near the initial face/pose instead of far from it. The
         # biases keep PyTorch's default U(+-1/sqrt(hidden)), as in the authors' code (docs/reproducing.md).
         for head in (self.vertex_head, self.pose_head):
