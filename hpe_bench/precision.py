@@ -15,10 +15,11 @@ which
    (bf16: ``torch.autocast("cpu", torch.bfloat16)`` around the step, as Lightning's ``bf16-mixed``),
    interleaved (fp32, bf16, bf16, fp32, ...), after ``warmup`` steps each;
 4. keeps ``bf16-mixed`` only when the median over rounds of its speed relative to float32 in the same round is
-   at least ``margin`` (1.05), so that noise never picks a slower precision (``choose_precision``). Rounds that
-   disagree (some above the margin, some below: load from other processes, or a genuinely close call) get
-   ``rounds`` more; a verdict whose rounds still disagree is used but not cached. The run logs the choice and
-   the ratio and records them in run_info.json (``precision_choice``).
+   at least ``margin`` (1.05), so that noise never picks a slower precision (``choose_precision``). A verdict
+   needs rounds that agree (all on one side of the margin); when they do not (load from other processes, or a
+   close call) the rounds are timed once more, and if those disagree too the run takes ``32-true``, the choice
+   that is never slower than float32, without caching it. The run logs the choice and the ratio and records
+   them in run_info.json (``precision_choice``).
 
 The measurement leaves the module as it found it (weights, buffers such as BatchNorm statistics and the mean-pose
 sums, no gradients) and the random number generators too: a run trains the same with a cached verdict as with
@@ -217,18 +218,23 @@ def decide(module, datamodule, config: Mapping[str, Any], *, requested: Sequence
     batch = one_train_batch(datamodule)
     batch_size = len(batch["sample_id"]) if "sample_id" in batch else int(config.get("batch_size") or 0)
     t0 = time.perf_counter()
-    times = measure(module, batch, names, warmup, rounds, timer)
-    if not agreed(times, margin):  # load, or a close call: as many rounds again, then the median of all
-        more = measure(module, batch, names, 0, rounds, timer)
-        times = {c: times[c] + more[c] for c in names}
-        rounds *= 2
-    verdict = base | summarise(times, batch_size, margin) | {
-        "batch_size": batch_size, "warmup": warmup, "rounds": rounds, "seconds": time.perf_counter() - t0,
+    times, discarded = measure(module, batch, names, warmup, rounds, timer), None
+    if not agreed(times, margin):  # load from another process, or a close call: time the rounds once more
+        discarded, times = times, measure(module, batch, names, 0, rounds, timer)
+    verdict = base | summarise(times, batch_size, margin)
+    if not verdict["rounds_agree"]:  # twice: no reliable verdict, so the precision that is never slower
+        verdict["precision"] = REFERENCE
+    if discarded is not None:
+        verdict["discarded_round_ratios"] = round_ratios(discarded)
+    verdict |= {
+        "batch_size": batch_size, "warmup": warmup, "rounds": rounds, "tries": 1 if discarded is None else 2,
+        "seconds": time.perf_counter() - t0,
         "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "key": key,
         "config_sha256": hashlib.sha256(json.dumps(keyed["config"], sort_keys=True, default=str).encode()).hexdigest(),
         "source": "measured"}
     if path is not None and not verdict["rounds_agree"]:
-        log.info("precision verdict not cached: its rounds disagree (bf16/fp32 per round %s)",
+        log.info("precision verdict not cached: its rounds disagreed twice (bf16/fp32 per round %s, then %s)",
+                 " ".join(f"{r:.2f}" for r in verdict["discarded_round_ratios"].get(BF16, [])),
                  " ".join(f"{r:.2f}" for r in verdict["round_ratios"].get(BF16, [])))
     elif path is not None:
         from .outputs import write_json
@@ -252,7 +258,8 @@ def describe(verdict: Mapping[str, Any]) -> str:
         return f"trainer=fast: {verdict['precision']} on {where}: {verdict.get('source')}"
     ips = verdict["img_per_s"]
     how = (f"measured in {verdict['seconds']:.1f} s, {verdict.get('rounds')} rounds"
-           + ("" if verdict.get("rounds_agree", True) else " that disagree: not cached")
+           + ("" if verdict.get("tries", 1) == 1 else " (timed twice: the first rounds disagreed)")
+           + ("" if verdict.get("rounds_agree", True) else ", disagreeing again: float32, not cached")
            if verdict.get("source") == "measured" else f"cached {verdict.get('measured_utc')}, {verdict.get('cache_file')}")
     return (f"trainer=fast: bf16-mixed {ratio:.2f}x float32 ({ips[BF16]:.1f} vs {ips[REFERENCE]:.1f} img/s, "
             f"batch {verdict.get('batch_size')}, margin {verdict.get('margin')}) on {where}, {how} -> "
