@@ -18,7 +18,8 @@ which
    at least ``margin`` (1.05), so that noise never picks a slower precision (``choose_precision``). A verdict
    needs rounds that agree (all on one side of the margin); when they do not (load from other processes, or a
    close call) the rounds are timed once more, and if those disagree too the run takes ``32-true``, the choice
-   that is never slower than float32, without caching it. The run logs the choice and the ratio and records
+   that is never slower than float32, without caching it. Nor is a verdict cached that was timed while other
+   processes took this process's cores (``cpu_contention``): the next run times again. The run logs the choice and the ratio and records
    them in run_info.json (``precision_choice``).
 
 The measurement leaves the module as it found it (weights, buffers such as BatchNorm statistics and the mean-pose
@@ -114,6 +115,41 @@ def summarise(times: Mapping[str, list[float]], batch_size: int, margin: float =
             "rounds_agree": agreed(times, margin),
             "img_per_s": {c: batch_size / statistics.median(t) for c, t in times.items()},
             "step_s": {c: list(t) for c, t in times.items()}, "round_ratios": per_round}
+
+
+def _cpu_ticks() -> tuple[int, int, int] | None:
+    """(busy ticks of all CPUs incl. the hypervisor's steal, all ticks, this process's ticks), Linux only."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()  # after the command name: field 3 (state) onwards
+    except (OSError, ValueError, IndexError):
+        return None
+    total = sum(ticks)
+    return total - ticks[3] - ticks[4], total, int(own[11]) + int(own[12])  # utime + stime, every thread
+
+
+@contextmanager
+def cpu_contention() -> Iterator[dict[str, Any]]:
+    """Yields a dict filled on exit: ``elsewhere``, the share of all CPUs' time other processes (and the
+    hypervisor, as steal) used during the block (None where ``/proc/stat`` is missing), ``own_utilisation``,
+    this process's CPU time over wall time x torch threads, and ``contended``: both say that this process's
+    threads shared their cores (elsewhere > 0.1 and own utilisation < 0.8). On the 2-core development
+    machine: 0.004 and 1.0 idle; 0.43-0.57 and 0.43-0.57 beside a training run or a busy loop."""
+    out: dict[str, Any] = {"elsewhere": None, "own_utilisation": None, "contended": False}
+    start, wall, cpu = _cpu_ticks(), time.perf_counter(), time.process_time()
+    try:
+        yield out
+    finally:
+        end, wall, cpu = _cpu_ticks(), time.perf_counter() - wall, time.process_time() - cpu
+        if wall > 0:
+            out["own_utilisation"] = cpu / (wall * torch.get_num_threads())
+        if start is not None and end is not None and end[1] > start[1]:
+            busy, total, own = (e - s for e, s in zip(end, start))
+            out["elsewhere"] = max(0.0, (busy - own) / total)
+        out["contended"] = bool(out["elsewhere"] is not None and out["elsewhere"] > 0.1
+                                and out["own_utilisation"] is not None and out["own_utilisation"] < 0.8)
 
 
 @contextmanager
@@ -218,10 +254,11 @@ def decide(module, datamodule, config: Mapping[str, Any], *, requested: Sequence
     batch = one_train_batch(datamodule)
     batch_size = len(batch["sample_id"]) if "sample_id" in batch else int(config.get("batch_size") or 0)
     t0 = time.perf_counter()
-    times, discarded = measure(module, batch, names, warmup, rounds, timer), None
-    if not agreed(times, margin):  # load from another process, or a close call: time the rounds once more
-        discarded, times = times, measure(module, batch, names, 0, rounds, timer)
-    verdict = base | summarise(times, batch_size, margin)
+    with cpu_contention() as load:
+        times, discarded = measure(module, batch, names, warmup, rounds, timer), None
+        if not agreed(times, margin):  # load from another process, or a close call: time the rounds once more
+            discarded, times = times, measure(module, batch, names, 0, rounds, timer)
+    verdict = base | summarise(times, batch_size, margin) | {"cpu_load": load}
     if not verdict["rounds_agree"]:  # twice: no reliable verdict, so the precision that is never slower
         verdict["precision"] = REFERENCE
     if discarded is not None:
@@ -232,7 +269,10 @@ def decide(module, datamodule, config: Mapping[str, Any], *, requested: Sequence
         "measured_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "key": key,
         "config_sha256": hashlib.sha256(json.dumps(keyed["config"], sort_keys=True, default=str).encode()).hexdigest(),
         "source": "measured"}
-    if path is not None and not verdict["rounds_agree"]:
+    if path is not None and load["contended"]:
+        log.info("precision verdict not cached: other processes used %.0f%% of the CPUs while it was timed (this "
+                 "process %.0f%% of its threads' time)", 100 * load["elsewhere"], 100 * load["own_utilisation"])
+    elif path is not None and not verdict["rounds_agree"]:
         log.info("precision verdict not cached: its rounds disagreed twice (bf16/fp32 per round %s, then %s)",
                  " ".join(f"{r:.2f}" for r in verdict["discarded_round_ratios"].get(BF16, [])),
                  " ".join(f"{r:.2f}" for r in verdict["round_ratios"].get(BF16, [])))
@@ -260,6 +300,8 @@ def describe(verdict: Mapping[str, Any]) -> str:
     how = (f"measured in {verdict['seconds']:.1f} s, {verdict.get('rounds')} rounds"
            + ("" if verdict.get("tries", 1) == 1 else " (timed twice: the first rounds disagreed)")
            + ("" if verdict.get("rounds_agree", True) else ", disagreeing again: float32, not cached")
+           + (f", other processes busy ({100 * verdict['cpu_load']['elsewhere']:.0f}% of the CPUs): not cached"
+              if (verdict.get("cpu_load") or {}).get("contended") else "")
            if verdict.get("source") == "measured" else f"cached {verdict.get('measured_utc')}, {verdict.get('cache_file')}")
     return (f"trainer=fast: bf16-mixed {ratio:.2f}x float32 ({ips[BF16]:.1f} vs {ips[REFERENCE]:.1f} img/s, "
             f"batch {verdict.get('batch_size')}, margin {verdict.get('margin')}) on {where}, {how} -> "
