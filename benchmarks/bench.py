@@ -235,8 +235,11 @@ def main(argv=None) -> dict:
     for m, r in out["models"].items():
         c = r["train_pipeline_fast"]["precision_choice"]
         ratio = c.get("ratio_vs_fp32", {}).get("bf16-mixed")
+        load = c.get("cpu_load") or {}
         print(f"  {m:<18} -> {c['precision']:<11}" + (f" bf16/fp32 {ratio:.2f}x ({c['img_per_s']['bf16-mixed']:.1f} vs "
-              f"{c['img_per_s']['32-true']:.1f} img/s, {c['seconds']:.1f} s)" if ratio else f" ({c['source']})"))
+              f"{c['img_per_s']['32-true']:.1f} img/s, {c['seconds']:.1f} s)" if ratio else f" ({c['source']})")
+              + ("" if c.get("rounds_agree", True) else ", rounds disagreed twice")
+              + (f", other processes used {100 * load['elsewhere']:.0f}% of the CPUs meanwhile" if load.get("contended") else ""))
     label = {"bf16+cl+fused+dw32": "all"}
     print(f"{'model':<10}" + "".join(f"{'step ' + label.get(v, v):>13}" for v in variants)
           + f"{'pipeline':>10}{'fast':>7}{'eager ms':>10}{'onnx ms':>9}{'int8 ms':>9}{'int8/fp32':>10}{'int8 geo':>9}"
