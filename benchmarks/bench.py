@@ -9,7 +9,9 @@ Sections: synthetic generation (images/s), loader throughput (samples/s through 
 train img/s per model as a pure step (``bench_train``: fp32, channels_last, fused Adam and, on CPUs with
 native bfloat16, bf16 + channels_last and "all" = bf16 + channels_last + fused + float32 strided depthwise
 convolutions; interleaved, medians) and
-as the full pipeline (Lightning ``Trainer.fit`` over the loader, augmentation and crop included), and batch-1
+as the full pipeline (Lightning ``Trainer.fit`` over the loader, augmentation and crop included; in float32 and
+with the fast switches in the precision ``trainer=fast`` measures for that model here, reported with its
+bf16/fp32 ratio: ``train_pipeline_fast.precision_choice``), and batch-1
 inference latency per model: PyTorch eager, ONNX Runtime float32 and int8 (static quantisation calibrated on
 synthetic crops, ``hpe_bench.deploy.quantize``), interleaved, medians.
 """
@@ -68,7 +70,8 @@ def loader_speed(model: str, batch: int, batches: int, workers: int) -> dict:
 def pipeline_speed(model: str, batch: int, steps: int, workers: int, fast: bool = False) -> dict:
     """Full-pipeline training img/s: Lightning fit (loader, on-device augmentation, crop, net, loss, optimizer),
     timed from the end of the first step to the end of the last (start-up excluded). ``fast``: with the speed
-    switches (``trainer=fast`` precision, channels_last, fused optimizer, float32 strided depthwise convs)."""
+    switches (channels_last, fused optimizer, float32 strided depthwise convs) and the precision ``trainer=fast``
+    chooses for this model on this CPU (``hpe_bench.precision.decide``, measured afresh; ``precision_choice``)."""
     import lightning as L
     from hydra.utils import instantiate
 
@@ -88,19 +91,24 @@ def pipeline_speed(model: str, batch: int, steps: int, workers: int, fast: bool 
                           "data.test.num_samples=1", *switches])
     module = instantiate(cfg.model, loss=instantiate(cfg.loss),
                          augment=instantiate(cfg.augment) if cfg.get("augment") else None, euler_rule="trg")
-    from hpe_bench.hardware import fast_precision
-    precision = fast_precision("cpu") if fast else "32-true"
+    datamodule = instantiate(cfg.data)
+    choice = None
+    if fast:  # what `trainer=fast` picks for this model here: timed afresh, the cache neither read nor written
+        from hpe_bench.precision import config_key, decide
+        choice = decide(module, datamodule, config_key(cfg), rounds=3 if steps > 2 else 1, cache_dir=None)
+    precision = choice["precision"] if choice else "32-true"
     clock = Clock()
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=steps, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                             callbacks=[clock], default_root_dir=tmp)
-        trainer.fit(module, datamodule=instantiate(cfg.data))
+        trainer.fit(module, datamodule=datamodule)
     dt = clock.t[-1] - clock.t[0]
     n = batch * (len(clock.t) - 1)
-    return {"batch": batch, "steps": len(clock.t), "precision": precision, "switches": switches,
-            "img_per_s": n / dt if n else float("nan")}
+    row = {"batch": batch, "steps": len(clock.t), "precision": precision, "switches": switches,
+           "img_per_s": n / dt if n else float("nan")}
+    return row | ({"precision_choice": choice} if choice else {})
 
 
 def inference_latency(model: str, runs: int, repeats: int, calib_batches: int, threads: int,
@@ -222,6 +230,16 @@ def main(argv=None) -> dict:
           f"{mc['load_avg_1min_before']} -> {mc['load_avg_1min_after']}, {out['wall_s']:.0f} s")
     print(f"synthetic generation {out['synthetic']['images_per_s']:.1f} img/s; loader "
           f"{out['loader']['samples_per_s']:.1f} samples/s")
+    print("trainer=fast precision (its own measurement: training step of each model, batch "
+          f"{'4' if q else '32'}, with the fast switches):")
+    for m, r in out["models"].items():
+        c = r["train_pipeline_fast"]["precision_choice"]
+        ratio = c.get("ratio_vs_fp32", {}).get("bf16-mixed")
+        load = c.get("cpu_load") or {}
+        print(f"  {m:<18} -> {c['precision']:<11}" + (f" bf16/fp32 {ratio:.2f}x ({c['img_per_s']['bf16-mixed']:.1f} vs "
+              f"{c['img_per_s']['32-true']:.1f} img/s, {c['seconds']:.1f} s)" if ratio else f" ({c['source']})")
+              + ("" if c.get("rounds_agree", True) else ", rounds disagreed twice")
+              + (f", other processes used {100 * load['elsewhere']:.0f}% of the CPUs meanwhile" if load.get("contended") else ""))
     label = {"bf16+cl+fused+dw32": "all"}
     print(f"{'model':<10}" + "".join(f"{'step ' + label.get(v, v):>13}" for v in variants)
           + f"{'pipeline':>10}{'fast':>7}{'eager ms':>10}{'onnx ms':>9}{'int8 ms':>9}{'int8/fp32':>10}{'int8 geo':>9}"

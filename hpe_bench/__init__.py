@@ -27,7 +27,8 @@ def gpu_precision() -> str:
 
 
 def fast_precision(accelerator: str = "auto") -> str:
-    """``${hpe_bench.fast_precision:<accelerator>}`` (conf/trainer/fast.yaml): ``hardware.fast_precision``."""
+    """``${hpe_bench.fast_precision:<accelerator>}`` (conf/trainer/fast.yaml): ``hardware.fast_precision``
+    (on a CPU ``measure``: the run times its own step in each candidate precision, ``hpe_bench/precision.py``)."""
     from .hardware import fast_precision as policy
     return policy(str(accelerator))
 

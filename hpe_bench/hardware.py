@@ -1,9 +1,19 @@
 """What the machine computes fast: the precision policies behind ``trainer.precision`` resolvers.
 
 ``${hpe_bench.gpu_precision:}`` (conf/trainer/gpu.yaml) and ``${hpe_bench.fast_precision:<accelerator>}``
-(conf/trainer/fast.yaml, the demo) are registered in ``hpe_bench/__init__.py`` and call these.
+(conf/trainer/fast.yaml, the demo) are registered in ``hpe_bench/__init__.py`` and call these. On a CPU,
+``trainer=fast`` resolves to ``MEASURE``, which the run replaces by the precision it measured fastest there
+(``hpe_bench/precision.py``).
 """
 from __future__ import annotations
+
+# trainer.precision placeholder: "time the run's own training step in each candidate precision, keep the fastest"
+# (hpe_bench/precision.py settle_precision, called by hpe_bench/run.py before the Trainer is built)
+MEASURE = "measure"
+
+# /proc/cpuinfo flags that decide which precisions a CPU computes natively (recorded with each measurement)
+PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_fp16",
+                   "amx_int8", "amx_tile")
 
 
 def cpu_flags() -> set[str]:
@@ -13,6 +23,28 @@ def cpu_flags() -> set[str]:
             return set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
         return set()
+
+
+def cpu_identity() -> dict[str, str | list[str]]:
+    """What a CPU measurement belongs to: ``model name``, ``cpu family``, ``model`` and ``stepping`` of
+    ``/proc/cpuinfo`` (``platform.processor()`` elsewhere) and its ``PRECISION_FLAGS``. Virtual machines often
+    report a short model name ("AMD EPYC"): family/model/stepping and the flags tell those apart."""
+    import platform
+    fields = {"model name": "model_name", "cpu family": "family", "model": "model", "stepping": "stepping"}
+    ident: dict[str, str | list[str]] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                if key.strip() in fields:
+                    ident[fields[key.strip()]] = value.strip()
+    except OSError:
+        pass
+    ident.setdefault("model_name", platform.processor() or platform.machine() or "unknown")
+    ident["flags"] = sorted(cpu_flags() & set(PRECISION_FLAGS))
+    return ident
 
 
 def cpu_has_native_bf16() -> bool:
@@ -36,16 +68,20 @@ def gpu_precision() -> str:
 
 def fast_precision(accelerator: str = "auto") -> str:
     """The fastest precision that trains as well as float32 here: mixed precision on a GPU
-    (``gpu_precision``), ``bf16-mixed`` on a CPU with native bfloat16, else ``32-true`` (emulated bfloat16 on
-    a CPU without it is several times slower than float32; docs/performance.md).
+    (``gpu_precision``); on a CPU ``MEASURE``, the placeholder the run replaces by the precision its own
+    training step ran fastest in (``hpe_bench.precision.settle_precision``). The CPU flags alone do not
+    tell: with AMX bfloat16 runs ~2x float32, with AVX512-BF16 alone it was 1.5x on an AMD Zen 4 and 0.88x on an
+    Intel Xeon for the same model (docs/performance.md). ``32-true`` on Apple's MPS.
 
-    >>> fast_precision("cpu") in ("bf16-mixed", "32-true")
-    True
+    >>> fast_precision("cpu")
+    'measure'
     """
     import torch
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return gpu_precision()
-    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    if accelerator in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "32-true"
+    return MEASURE
 
 
 # glibc mallopt parameters (malloc.h)

@@ -101,6 +101,9 @@ def run(cfg: DictConfig) -> float | None:
     euler_rule = cfg.get("euler_rule") or datamodule.euler_rule
     module = instantiate(cfg.model, loss=instantiate(cfg.loss) if cfg.get("loss") else None,
                          augment=instantiate(cfg.augment) if cfg.get("augment") else None, euler_rule=euler_rule)
+    from .precision import settle_precision  # trainer=fast on a CPU: trainer.precision=measure -> timed fastest here
+    if settle_precision(cfg, datamodule, module, info):  # logs the choice and ratio, records it in info
+        write_json(out / "run_info.json", info)
     trainer = instantiate(cfg.trainer, logger=build_list(keep_wandb_id(cfg.get("logger"), out)) or False,
                           callbacks=build_list(cfg.get("callbacks")), default_root_dir=str(out))
     for lg in trainer.loggers:

@@ -36,6 +36,12 @@ def test_bench_quick_reports_every_section(tmp_path):
     opnet = record["models"]["opnet"]
     assert all(v > 0 for k, v in opnet["train_step"].items() if k != "batch")
     assert opnet["train_pipeline"]["img_per_s"] > 0
+    # trainer=fast's precision for the model, measured here (bf16 offered only with native bfloat16)
+    choice = opnet["train_pipeline_fast"]["precision_choice"]
+    assert choice["precision"] == opnet["train_pipeline_fast"]["precision"] in ("32-true", "bf16-mixed")
+    if "bf16-mixed" in choice["candidates"]:
+        assert choice["ratio_vs_fp32"]["bf16-mixed"] > 0 and choice["source"] == "measured"
+    assert "trainer=fast precision" in proc.stdout and f"-> {choice['precision']}" in proc.stdout
     assert {"eager_ms", "onnx_fp32_ms", "onnx_int8_ms"} <= set(opnet["inference_batch1"])
     change = opnet["inference_batch1"]["int8_accuracy_change"]
     assert change["num_samples"] == 8 and 0 <= change["mae_r_deg"] < 90  # one test batch of 8, int8 vs float32

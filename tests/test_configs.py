@@ -68,7 +68,8 @@ def test_experiment_preset_overrides_root_values():
     assert cfg.experiment_name == "demo" and cfg.trainer.max_steps == 3000
     assert cfg.trainer.max_time == "00:00:08:45"  # stops training in time on a slower CPU: make demo < 10 min
     assert cfg.model.net.backbone == "resnet10t" and cfg.model.crop.size == 64 and cfg.loss.rot_norm == "frobenius"
-    assert cfg.trainer.precision in ("bf16-mixed", "32-true", "16-mixed")  # trainer=fast: resolved by the hardware
+    # trainer=fast: the GPU's mixed precision, or "measure" on a CPU (the run times its own step: hpe_bench/precision.py)
+    assert cfg.trainer.precision in ("bf16-mixed", "16-mixed", "measure")
     assert compose_with("experiment=demo", "trainer.max_steps=5").trainer.max_steps == 5  # command line wins
 
 
