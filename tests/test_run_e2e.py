@@ -140,6 +140,31 @@ def test_console_script_composes_from_any_directory(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seconds,steps", [(1, 6), (100_000, 12)])
+def test_demo_time_budget_fits_the_run_length(tmp_path, seconds, steps):
+    """callbacks.TimeBudget: after 2 warm-up and 4 timed steps the run length is what fits the budget (none left:
+    it stops right there; plenty: the configured 12), the LR schedule ends annealed, and metrics.json says so."""
+    proc = run_cli(tmp_path, "experiment=demo", "trainer.max_steps=12", f"callbacks.time_budget.seconds={seconds}",
+                   "callbacks.time_budget.warmup_steps=2", "callbacks.time_budget.measure_steps=4",
+                   "trainer.check_val_every_n_epoch=1000", "trainer.precision=32-true")
+    out = run_dir(tmp_path, "demo")
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["checkpoint"]["step"] == steps and record["num_samples"] == 20
+    plan = record["time_budget"]
+    assert plan["planned_at_step"] == 6 and plan["max_steps"] == steps and plan["configured_max_steps"] == 12
+    assert plan["seconds_per_step"] > 0 and "time budget (measured)" in proc.stdout + proc.stderr
+    # the one-cycle schedule was rebuilt for `steps`: its learning rate is torch's own OneCycleLR of that length
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["lr_schedulers"][0]
+    assert saved["total_steps"] == steps and saved["last_epoch"] >= steps - 1
+    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1e-3)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, pct_start=0.05, total_steps=steps)
+    for _ in range(saved["last_epoch"]):
+        opt.step()
+        ref.step()
+    assert saved["_last_lr"][0] == pytest.approx(ref.get_last_lr()[0], rel=1e-9)
+
+
+@pytest.mark.slow
 def test_demo_time_limit_stops_training_and_still_tests(tmp_path):
     """The demo's safety net (trainer.max_time): training stops at the limit, the run tests the weights it has,
     says so, and metrics.json records how far it got."""
