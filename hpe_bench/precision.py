@@ -40,10 +40,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from . import hardware
+from .outputs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +157,6 @@ def cpu_contention() -> Iterator[dict[str, Any]]:
 @contextmanager
 def _rng_kept() -> Iterator[None]:
     """Restore torch's, numpy's and Python's random states on exit (the measurement draws augmentations)."""
-    import numpy as np
     states = torch.random.get_rng_state(), np.random.get_state(), random.getstate()
     try:
         yield
@@ -277,7 +278,6 @@ def decide(module, datamodule, config: Mapping[str, Any], *, requested: Sequence
                  " ".join(f"{r:.2f}" for r in verdict["discarded_round_ratios"].get(BF16, [])),
                  " ".join(f"{r:.2f}" for r in verdict["round_ratios"].get(BF16, [])))
     elif path is not None:
-        from .outputs import write_json
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, verdict)

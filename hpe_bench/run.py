@@ -18,6 +18,7 @@ from .metrics.registry import METRICS, NUM_SAMPLES, format_value
 from . import protocol_test as PT
 from . import wandb_logging as WL
 from .outputs import check_writable, run_info, write_json, write_parquet
+from .precision import settle_precision
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def run(cfg: DictConfig) -> float | None:
     euler_rule = cfg.get("euler_rule") or datamodule.euler_rule
     module = instantiate(cfg.model, loss=instantiate(cfg.loss) if cfg.get("loss") else None,
                          augment=instantiate(cfg.augment) if cfg.get("augment") else None, euler_rule=euler_rule)
-    from .precision import settle_precision  # trainer=fast on a CPU: trainer.precision=measure -> timed fastest here
+    # trainer=fast on a CPU: trainer.precision=measure -> the precision timed fastest here (hpe_bench/precision.py)
     if settle_precision(cfg, datamodule, module, info):  # logs the choice and ratio, records it in info
         write_json(out / "run_info.json", info)
     trainer = instantiate(cfg.trainer, logger=build_list(keep_wandb_id(cfg.get("logger"), out)) or False,
