@@ -90,6 +90,12 @@ class RunGuard(Callback):
                 log.warning("resuming %s with other overrides than it started with: %s (then) vs %s (now)",
                             run_dir, " ".join(old), " ".join(new))
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        target = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
+        if target.endswith("submitit_launcher.SlurmLauncher"):  # hydra/launcher=slurm: submitit follows the jobs
+            from .launcher import use_squeue_without_accounting
+            use_squeue_without_accounting()  # with squeue where sacct has no database (hpe_bench/launcher.py)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
         failures = sorted(sweep_dir.rglob(FAILURE_FILE)) if sweep_dir.is_dir() else []

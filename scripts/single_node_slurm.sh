@@ -111,6 +111,12 @@ EOF
 pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start() {
+    # a cluster that answers already (this script's, or a real one on this machine): nothing to do
+    if command -v scontrol >/dev/null && scontrol ping 2>/dev/null | grep -q "is UP" \
+            && sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated|completing)'; then
+        say "running: $(sinfo -h -o '%P %D %T' 2>/dev/null | head -1)"
+        return 0
+    fi
     install || return $?
     start_munge || return 1
     write_conf || return 1
