@@ -9,7 +9,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast bench bench-gpu table figures grid clean-cache help export bench-latency mini
+.PHONY: setup demo test test-fast bench bench-gpu table figures grid slurm clean-cache help export bench-latency mini
 
 help:
 	@echo "make demo    - set up if needed, train + test the baseline on the embedded synthetic dataset"
@@ -18,7 +18,8 @@ help:
 	@echo "make table   - outputs/table.md (every run, mean/std over seeds) + the paper tables beside the published"
 	@echo "               numbers in outputs/tables/<paper>_<table>.md/.tex/.csv (TABLE_ARGS=\"--protocol arkitface=synthetic\")"
 	@echo "make figures - the papers' figures from the runs under outputs/ into outputs/figures/ (PNG + PDF)"
-	@echo "make grid PAPER=trg TABLE=table1 [SEEDS=1,2,3] [GRID_ARGS=\"--dry-run trainer=gpu\"] - one paper table's runs"
+	@echo "make grid PAPER=trg TABLE=table1 [SEEDS=1,2,3] [LAUNCHER=slurm] [GRID_ARGS=\"--dry-run trainer=gpu\"] - one paper table's runs"
+	@echo "make slurm   - start a single-node SLURM here (root; installs slurm-wlm + munge): make grid LAUNCHER=slurm submits to it"
 	@echo "make mini    - OpNet Table 2 (BL, - NLL) at CPU size on synthetic data, 2 seeds (~13 min on 2 idle cores)"
 	@echo "make setup   - create $(VENV) (TORCH=... picks the torch build)"
 	@echo "make export RUN=<run dir> [EXPORT_ARGS=int8=true] - ONNX model (+ int8) + JSON sidecar into <run dir>/export/"
@@ -67,10 +68,18 @@ figures: setup
 	$(PY) -m hpe_bench.figures --out outputs/figures all outputs
 
 # Re-entrant: running it again skips finished jobs and retries failed ones (experiments/README.md).
+# LAUNCHER=slurm submits every job through Hydra's submitit launcher (docs/cluster.md), e.g.
+#   make grid PAPER=trg TABLE=table1 LAUNCHER=slurm GRID_ARGS="trainer=gpu hydra.launcher.partition=gpu"
 SEEDS ?= 1,2,3
+LAUNCHER ?= local
 grid: setup
-	@test -n "$(PAPER)" -a -n "$(TABLE)" || (echo "usage: make grid PAPER=opnet|trg TABLE=table1 [SEEDS=1,2,3] [GRID_ARGS=...]" && exit 2)
-	$(PY) -m hpe_bench.grid $(PAPER) $(TABLE) --seeds $(SEEDS) $(GRID_ARGS)
+	@test -n "$(PAPER)" -a -n "$(TABLE)" || (echo "usage: make grid PAPER=opnet|trg TABLE=table1 [SEEDS=1,2,3] [LAUNCHER=local|slurm] [GRID_ARGS=...]" && exit 2)
+	$(PY) -m hpe_bench.grid $(PAPER) $(TABLE) --seeds $(SEEDS) --launcher $(LAUNCHER) $(GRID_ARGS)
+
+# A single-node SLURM on this machine (root; installs slurm-wlm + munge where missing): tests/test_slurm.py runs
+# against it, `make grid LAUNCHER=slurm` submits to it (scripts/single_node_slurm.sh, docs/cluster.md)
+slurm:
+	scripts/single_node_slurm.sh start
 
 # A paper table at CPU size (README): runs, then outputs/mini/opnet_table2/tables/opnet_table2.md
 mini: setup

@@ -33,7 +33,28 @@ def fast_precision(accelerator: str = "auto") -> str:
     return policy(str(accelerator))
 
 
+def slurm_gpus(accelerator: str = "auto", devices=1):
+    """``${hpe_bench.slurm_gpus:${trainer.accelerator},${trainer.devices}}`` (conf/hydra/launcher/slurm.yaml
+    ``gpus_per_node``): no GPU request when the trainer runs on the CPU (a CPU partition has no gres to give:
+    ``sbatch: error: Invalid generic resource (gres) specification``), else one GPU per device."""
+    return 0 if str(accelerator).lower() == "cpu" else devices
+
+
+def loader_workers(default: int = 2) -> int:
+    """``${hpe_bench.loader_workers:2}`` (``data.num_workers`` of the data options): inside a SLURM job the
+    CPUs it was given less one for the training process (``SLURM_CPUS_PER_TASK`` - 1, so
+    ``hydra.launcher.cpus_per_task`` sets the loader workers), elsewhere ``default``."""
+    import os
+    try:
+        cpus = int(os.environ["SLURM_CPUS_PER_TASK"])
+    except (KeyError, ValueError):
+        return int(default)
+    return max(0, cpus - 1)
+
+
 # Registered on import of the package, which `python -m hpe_bench`, `hpe-bench` and every module import first.
 OmegaConf.register_new_resolver("hpe_bench.experiment", experiment_choice, replace=True)
 OmegaConf.register_new_resolver("hpe_bench.gpu_precision", gpu_precision, replace=True)
 OmegaConf.register_new_resolver("hpe_bench.fast_precision", fast_precision, replace=True)
+OmegaConf.register_new_resolver("hpe_bench.slurm_gpus", slurm_gpus, replace=True)
+OmegaConf.register_new_resolver("hpe_bench.loader_workers", loader_workers, replace=True)

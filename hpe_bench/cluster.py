@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, open_dict
 
 from .outputs import write_json
@@ -67,3 +68,50 @@ def keep_wandb_id(loggers: DictConfig | None, run_dir: str | Path) -> DictConfig
                 node.id = node.get("id") or wandb_run_id(run_dir)
                 node.resume = node.get("resume") or "allow"
     return loggers
+
+
+class RandomState(Callback):
+    """Keeps the global random states (torch, numpy, Python) in every checkpoint and restores them on resume.
+
+    Lightning's checkpoints hold weights, optimizer, schedule and loop counters but not the global generators,
+    from which the training loader's shuffling, the on-device augmentations and dropout draw. Without them a run
+    resumed from ``last.ckpt`` (``ckpt_path=last``, a requeued SLURM job) draws other numbers than it would have
+    drawn uninterrupted. Restored at an epoch boundary, it continues exactly (``tests/test_slurm.py``); restored
+    mid-epoch the loader still restarts its epoch (Lightning does not fast-forward a sampler).
+    """
+
+    KEY = "hpe_bench_rng_states"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[self.KEY] = collect_random_state()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.KEY in checkpoint and trainer.state.fn == "fit":  # not when testing a checkpoint
+            set_random_state(checkpoint[self.KEY])
+
+
+def collect_random_state() -> dict[str, Any]:
+    """torch's CPU, numpy's and Python's global generator states, as types ``torch.load(weights_only=True)``
+    (Lightning's resume) reads: tensors, lists, numbers."""
+    import random
+
+    import numpy as np
+    import torch
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                      float(cached)],
+            "python": [int(version), list(internal), gauss]}
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

@@ -90,6 +90,12 @@ class RunGuard(Callback):
                 log.warning("resuming %s with other overrides than it started with: %s (then) vs %s (now)",
                             run_dir, " ".join(old), " ".join(new))
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        target = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
+        if target.endswith("submitit_launcher.SlurmLauncher"):  # hydra/launcher=slurm: submitit follows the jobs
+            from .launcher import use_squeue_without_accounting
+            use_squeue_without_accounting()  # with squeue where sacct has no database (hpe_bench/launcher.py)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
         failures = sorted(sweep_dir.rglob(FAILURE_FILE)) if sweep_dir.is_dir() else []
@@ -135,10 +141,41 @@ def write_failure(run_dir: Path, err: BaseException) -> Optional[Path]:
     return path
 
 
+_TERMINATED = False  # SIGTERM received in a SLURM job: SLURM is ending it (requeue, preemption, scancel)
+
+
+def _watch_sigterm() -> None:
+    """In a SLURM job, note a SIGTERM (then call the handler that was there: submitit's, Lightning's).
+
+    ``scontrol requeue``, a preemption or ``scancel`` sends SIGTERM to every process of the job: helpers such as
+    W&B's service die at once, so the run may fail with their error (``ConnectionResetError``) before
+    Lightning stops it. Such a job is no failure of the run: ``run_task`` then exits without a failure record
+    or a result, and SLURM requeues it (or it stays cancelled)."""
+    import signal
+    import threading
+    if "SLURM_JOB_ID" not in os.environ or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if getattr(previous, "_hpe_bench", False):
+        return
+
+    def handler(signum, frame):
+        global _TERMINATED
+        _TERMINATED = True
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:  # the default action: end the process
+            raise SystemExit(128 + signum)
+
+    handler._hpe_bench = True
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_task(cfg: DictConfig) -> Any:
     """Body of the Hydra task function: preflight, ``run.run``, and the failure record (module docstring)."""
     from .run import output_dir, run
     out = output_dir()
+    _watch_sigterm()
     try:
         ckpt = preflight(cfg, out)
         if ckpt is not None:
@@ -147,6 +184,10 @@ def run_task(cfg: DictConfig) -> Any:
         (out / FAILURE_FILE).unlink(missing_ok=True)  # a resumed run that now finished is no failure
         return result
     except Exception as err:
+        if _TERMINATED:  # SLURM ends the job (requeue, preemption, scancel): the run did not fail
+            log.warning("SLURM ended job %s (SIGTERM) during the run: %s: %s; no failure record",
+                        os.environ.get("SLURM_JOB_ID"), type(err).__name__, err)
+            raise SystemExit(143) from err
         user = as_user_error(err)
         write_failure(out, err)
         if _multirun():

@@ -44,12 +44,15 @@ def check_writable(directory: str | Path, key: str = "hydra.run.dir") -> Path:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed to ``path``, else removed."""
+    """Yield a temporary path next to ``path``; on success it is renamed to ``path`` (with the mode a plain
+    write gives, ``0o666 & ~umask``: ``filemode.share``), else removed."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        from .filemode import share
+        share(tmp)  # mkstemp's 0600 -> the umask's mode (0644 by default): results a group can read
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -55,7 +55,9 @@ class Staging:
         return Path(tmp)
 
     def commit(self) -> None:
+        from .filemode import share
         for tmp, final in self.files:
+            share(tmp)  # mkstemp's 0600 -> the umask's mode
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)

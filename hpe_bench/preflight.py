@@ -18,8 +18,8 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["UserError", "preflight", "check_config", "check_data_roots", "resolve_ckpt_path", "checkpoint_step",
-           "as_user_error", "LAST"]
+__all__ = ["UserError", "preflight", "check_config", "check_data_roots", "missing_data_roots", "resolve_ckpt_path",
+           "checkpoint_step", "as_user_error", "LAST"]
 
 LAST = "last"  # ckpt_path=last: the run directory's checkpoints/last.ckpt
 _ENV = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -108,9 +108,16 @@ def _layout(target: str) -> str:
 def check_data_roots(cfg: DictConfig) -> None:
     """Every dataset source the run reads (``data.train``/``data.val`` when training, ``data.test`` when
     testing) has a root that exists; else ``UserError`` naming the key, the environment variable and the layout."""
+    for problem in missing_data_roots(cfg):
+        raise UserError(problem)
+
+
+def missing_data_roots(cfg: DictConfig) -> list[str]:
+    """``check_data_roots``'s message for every missing root, in config order (the grid names them all at once)."""
     data = cfg.get("data")
     if not isinstance(data, DictConfig):
-        return
+        return []
+    problems = []
     skip = set()
     if not cfg.get("train", True):
         skip |= {"train", "val"}
@@ -134,7 +141,8 @@ def check_data_roots(cfg: DictConfig) -> None:
                 msg = f"no dataset root for {where}: {fix}"
             else:
                 msg = f"dataset root {str(root)!r} of {where} does not exist: {fix}"
-            raise UserError(msg + (f"\nexpected layout:\n{layout}" if layout else ""))
+            problems.append(msg + (f"\nexpected layout:\n{layout}" if layout else ""))
+    return problems
 
 
 # -- checkpoint ------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .cluster import fit_ckpt_path, keep_wandb_id
+from .cluster import RandomState, fit_ckpt_path, keep_wandb_id, requeued
 from .hardware import tune_malloc
 from .metrics.registry import METRICS, NUM_SAMPLES, format_value
 from . import protocol_test as PT
@@ -83,10 +84,14 @@ def run(cfg: DictConfig) -> float | None:
     info = run_info(cfg.seed, {
         "experiment": cfg.get("experiment_name"), "choices": group_choices(), "output_dir": str(out),
         "config": OmegaConf.to_container(cfg, resolve=True)})
-    if cfg.get("train", True) and cfg.get("ckpt_path") and (out / "run_info.json").is_file():
-        # resuming in the run's own directory: keep how it started, list each resumption
+    fit_from = fit_ckpt_path(cfg, out) if cfg.get("train", True) else None  # ckpt_path; "last" in a requeued job
+    if cfg.get("train", True) and fit_from and (out / "run_info.json").is_file():
+        # resuming in the run's own directory (ckpt_path=..., a requeued SLURM job): keep how it started, list
+        # each resumption
         first = json.loads((out / "run_info.json").read_text())
-        resume = {k: info[k] for k in ("started_utc", "command", "git", "host")} | {"ckpt_path": str(cfg.ckpt_path)}
+        resume = {k: info[k] for k in ("started_utc", "command", "git", "host")} | {"ckpt_path": str(fit_from)}
+        if requeued():
+            resume["slurm_restart_count"] = int(os.environ["SLURM_RESTART_COUNT"])
         info = first | {"resumes": first.get("resumes", []) + [resume]}
     elif not cfg.get("train", True) and (out / "run_info.json").is_file():
         # re-testing a finished run in its own directory (hpe-bench retest): keep how it started, list each re-test
@@ -106,7 +111,7 @@ def run(cfg: DictConfig) -> float | None:
     if settle_precision(cfg, datamodule, module, info):  # logs the choice and ratio, records it in info
         write_json(out / "run_info.json", info)
     trainer = instantiate(cfg.trainer, logger=build_list(keep_wandb_id(cfg.get("logger"), out)) or False,
-                          callbacks=build_list(cfg.get("callbacks")), default_root_dir=str(out))
+                          callbacks=[*build_list(cfg.get("callbacks")), RandomState()], default_root_dir=str(out))
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     WL.prepare(trainer, WL.run_tags(group_choices(), cfg.get("seed")))  # W&B tags, val/* summaries (docs/wandb.md)
@@ -114,7 +119,7 @@ def run(cfg: DictConfig) -> float | None:
     # the protocols to test on (test_on=[...], else the data option's own test split): hpe_bench.protocol_test
     targets = PT.test_targets(cfg, datamodule, group_choices().get("data")) if cfg.get("test", True) else []
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=fit_ckpt_path(cfg, out))  # requeued: last.ckpt
+        trainer.fit(module, datamodule=datamodule, ckpt_path=fit_from)  # requeued: last.ckpt
         if 0 < trainer.max_steps and trainer.global_step < trainer.max_steps and trainer.max_epochs in (None, -1):
             # e.g. trainer.max_time (the demo's safety net on a slow CPU): say so, metrics.json records the step
             log.warning("training stopped at step %d of trainer.max_steps=%d (trainer.max_time=%s or a callback)",

@@ -32,6 +32,31 @@ def test_slurm_launcher_takes_nodes_and_gpus_from_the_trainer():
     assert get_class(launcher["_target_"]).__name__ == "SlurmLauncher"
 
 
+@pytest.mark.parametrize("overrides, gpus, tasks", [
+    (["debug=default"], 0, 1),                          # a CPU partition: no gres request at all
+    (["trainer=cpu"], 0, 1),
+    (["trainer=ddp", "debug=default"], 0, 2),            # DDP over 2 CPU processes: 2 tasks, no GPU
+    (["trainer=gpu"], 1, 1),
+    (["trainer=ddp", "trainer.devices=4"], 4, 4),
+])
+def test_slurm_launcher_asks_for_gpus_only_when_the_trainer_uses_them(overrides, gpus, tasks):
+    cfg = compose_with("hydra/launcher=slurm", *overrides)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert (launcher["gpus_per_node"], launcher["tasks_per_node"]) == (gpus, tasks)
+
+
+def test_loader_workers_follow_the_slurm_cpus_per_task(monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert compose_with("data=synthetic").data.num_workers == 2  # outside SLURM: the option's own number
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    assert compose_with("data=synthetic").data.num_workers == 7  # hydra.launcher.cpus_per_task=8: 7 workers + the trainer
+    assert compose_with("experiment=trg").data.num_workers == 7
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert compose_with("data=synthetic").data.num_workers == 0
+    assert compose_with("data=synthetic", "data.num_workers=3").data.num_workers == 3  # the command line wins
+    assert compose_with("data=synthetic", "debug=default").data.num_workers == 0
+
+
 def test_local_launcher_composes():
     cfg = compose_with("hydra/launcher=local")
     assert get_class(cfg.hydra.launcher._target_).__name__ == "LocalLauncher"

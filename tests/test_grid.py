@@ -88,3 +88,37 @@ def test_tiny_grid_end_to_end_then_table(tmp_path):
     assert "1 done" in again.stdout and "running" not in again.stdout
     runs = collect(tmp_path)
     assert list(runs["experiment"]) == ["opnet"] and list(runs["protocol"]) == ["synthetic"]
+
+
+def test_slurm_plan_checks_everything_before_submitting(tmp_path, monkeypatch):
+    """--launcher slurm: one job per row x seed testing itself on every protocol of the table; before anything is
+    queued, every missing dataset root (with its variable) and missing pretrained weights are named at once."""
+    for var in ("HPE_ARKITFACE_ROOT", "HPE_300WLP_ROOT", "HPE_BIWI_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("hpe_bench.models.backbones.pretrained_cached", lambda name: False)
+    jobs = grid.plan("trg", "table1", [1, 2], tmp_path, ["debug=default"], only=["trg", "trg_grid_sampled"], test_on=True)
+    assert [(j.preset, j.seed, j.test_on) for j in jobs] == [
+        (p, s, ("arkitface", "biwi_6dof")) for p in ("trg_grid_sampled", "trg") for s in (1, 2)]
+    assert "test_on=[arkitface,biwi_6dof]" in jobs[0].argv()
+    problems = grid.check(jobs)
+    text = "\n".join(problems)
+    for var in ("HPE_ARKITFACE_ROOT", "HPE_300WLP_ROOT", "HPE_BIWI_ROOT"):
+        assert var in text, text
+    assert "model.net.pretrained=false" in text and "[trg_grid_sampled, trg]" in text, text
+    assert len(problems) == len(set(problems))
+
+    cmds = grid.multirun_commands(jobs, tmp_path, ["debug=default", "hydra.launcher.partition=cpu"])
+    assert len(cmds) == 1  # a fresh table: one multirun, one job array
+    assert {"experiment=trg_grid_sampled,trg", "seed=1,2", "test_on=[arkitface,biwi_6dof]", f"hydra.sweep.dir={tmp_path}",
+            "hydra.sweep.subdir=${hydra.runtime.choices.experiment}/seed${seed}", "hydra/launcher=slurm",
+            "hydra.launcher.partition=cpu"} <= set(cmds[0])
+    for protocol in ("arkitface", "biwi_6dof"):  # trg_grid_sampled seed 1 finished: left out
+        (jobs[0].out_dir / "metrics").mkdir(parents=True, exist_ok=True)
+        (jobs[0].out_dir / "metrics" / f"{protocol}.json").write_text("{}")
+    cmds = grid.multirun_commands(jobs, tmp_path, [])
+    assert [[a for a in c if a.startswith(("experiment=", "seed="))] for c in cmds] == [
+        ["experiment=trg_grid_sampled", "seed=2"], ["experiment=trg", "seed=1,2"]]
+    prepare = [[a for a in c[3:]] for c in grid.prepare_commands(jobs)]  # after check: each row's data option known
+    assert prepare == [["experiment=trg_grid_sampled", "debug=default"],  # both rows train on mix_trg: once
+                       ["--splits", "test", "debug=default", "data=arkitface"],
+                       ["--splits", "test", "debug=default", "data=biwi_6dof"]]

@@ -97,6 +97,8 @@ def atomic_h5(path: str | os.PathLike, attrs: Mapping[str, Any] | None = None) -
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
             f.attrs["complete"] = True  # last, so only a fully written file carries it
+        from ..filemode import share
+        share(tmp)  # mkstemp's 0600 -> the umask's mode: a cache the group can read
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -62,3 +62,14 @@ def create_backbone(name: str, pretrained: bool = False, in_chans: int = 3, **kw
             log.warning("pretrained weights for timm model %r unavailable (%s, not in the local cache; %s: %s); "
                         "using random init", name, why, type(err).__name__, str(err)[:200])
     return timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=0, **kwargs)
+
+
+def pretrained_cached(name: str) -> bool:
+    """Whether timm's pretrained weights of ``name`` are in the local cache (loaded offline, no hub access): what a
+    compute node without network would find (``hpe_bench.grid`` checks this before submitting a table)."""
+    try:
+        with _hub_offline():
+            timm.create_model(name, pretrained=True, num_classes=0)
+        return True
+    except Exception:  # noqa: BLE001 - not cached, or no hub library
+        return False
