@@ -149,7 +149,9 @@ class TimeBudget(L.Callback):
         if self._limit is not None:
             total = min(total, self._limit)
         current = int(trainer.max_steps)
-        if shrink_only and total >= current:
+        if shrink_only and total >= current:  # on plan: record the check, keep the decision
+            self.plan["last_check"] = {"step": step, "seconds_per_step": per_step, "validation_seconds": val,
+                                       "fits_steps": total}
             return
         if total != current and abs(total - current) > max(2, 0.01 * current) or self.plan is None:
             trainer.fit_loop.epoch_loop.max_steps = total

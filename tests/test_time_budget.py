@@ -101,3 +101,18 @@ def test_replan_schedule_continues_the_stretched_one_cycle():
         opt.step()
         config.scheduler.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0 / 25 / 1e4, rel=1e-6)  # max_lr / div / final_div
+
+
+def test_a_check_that_keeps_the_plan_is_recorded(clock):
+    module = SimpleNamespace(replan_schedule=lambda n: None)
+    trainer = _trainer(max_steps=100, batches=10, every=1)
+    cb = TimeBudget(seconds=10_000, reserve_seconds=0, warmup_steps=0, measure_steps=10)
+    cb.on_fit_start(trainer, module)
+    _steps(cb, trainer, module, clock, 10, 1.0)
+    cb.on_validation_epoch_start(trainer, module)
+    clock.t += 2.0
+    cb.on_validation_epoch_end(trainer, module)
+    # plenty of time: the plan (100 steps, decided at step 10) stays, the check and its measured times are kept
+    assert trainer.max_steps == 100 and cb.plan["planned_at_step"] == 10
+    assert cb.plan["last_check"]["validation_seconds"] == pytest.approx(2.0)
+    assert cb.plan["last_check"]["seconds_per_step"] == pytest.approx(1.0)
